@@ -1,0 +1,43 @@
+//! Composable [`tower`](https://docs.rs/tower) middleware that keeps HTTP and gRPC
+//! services fast under load and hard to overload.
+//!
+//! Add a layer to an axum router, a tonic server or any hyper service. Every layer
+//! answers refusals itself ([`reject`]), so the service's error type never changes,
+//! and every stateful layer works in memory with no setup.
+//!
+//! # Layers
+//!
+//! | module | feature | what it does |
+//! |---|---|---|
+//! | `rate_limit` | `rate-limit` | token bucket (GCRA) and leaky bucket quotas per key, with the IETF `RateLimit` headers |
+//!
+//! # Shared building blocks
+//!
+//! | module | what it gives every layer |
+//! |---|---|
+//! | [`key`] | the key a request counts against: client IP behind trusted proxies, a header, the route, a closure |
+//! | [`reject`] | a refusal as an RFC 9457 problem+json response or a gRPC status |
+//! | [`clock`] | time: a fast monotonic default and a manual clock for exact tests |
+//! | [`body`] | the response body and future types layers return |
+//!
+//! # Features
+//!
+//! Every layer has a feature, all on by default; `full` adds `redis`, which lets
+//! stateful layers share their state across instances through Redis. The `axum`
+//! feature (default) reads axum's `ConnectInfo` and `MatchedPath` for keys.
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms,
+    clippy::all
+)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod body;
+pub mod clock;
+pub mod key;
+pub mod reject;
+pub mod store;
