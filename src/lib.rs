@@ -39,5 +39,7 @@
 pub mod body;
 pub mod clock;
 pub mod key;
+#[cfg(feature = "rate-limit")]
+pub mod rate_limit;
 pub mod reject;
 pub mod store;

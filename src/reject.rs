@@ -106,6 +106,7 @@ impl GrpcCode {
 #[derive(Clone, Debug)]
 pub struct Rejection {
     problem: &'static str,
+    type_uri: Option<&'static str>,
     title: &'static str,
     status: StatusCode,
     grpc: GrpcCode,
@@ -128,6 +129,7 @@ impl Rejection {
     ) -> Self {
         Rejection {
             problem,
+            type_uri: None,
             title,
             status,
             grpc,
@@ -230,6 +232,13 @@ impl Rejection {
     /// `grpc-retry-pushback-ms` (milliseconds, rounded up).
     pub fn with_retry_after(mut self, after: Duration) -> Self {
         self.retry_after = Some(after);
+        self
+    }
+
+    /// Sets the problem `type` URI to `uri` as given, instead of the responder's
+    /// base followed by the problem name: for problem types a standard registers.
+    pub fn with_type_uri(mut self, uri: &'static str) -> Self {
+        self.type_uri = Some(uri);
         self
     }
 
@@ -425,10 +434,11 @@ fn ceil_millis(after: Duration) -> u128 {
 
 fn problem_response(rejection: &Rejection, type_base: &str) -> Response<Bytes> {
     let mut body = serde_json::Map::with_capacity(4 + rejection.members.len());
-    body.insert(
-        "type".into(),
-        format!("{type_base}{}", rejection.problem).into(),
-    );
+    let type_uri = match rejection.type_uri {
+        Some(uri) => uri.to_owned(),
+        None => format!("{type_base}{}", rejection.problem),
+    };
+    body.insert("type".into(), type_uri.into());
     body.insert("title".into(), rejection.title.into());
     body.insert("status".into(), rejection.status.as_u16().into());
     body.insert("detail".into(), rejection.detail.as_ref().into());

@@ -1,0 +1,216 @@
+//! The rate limit layer's response future.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::headers::Stamp;
+use crate::body::ResponseBody;
+use crate::reject::{Rejection, RequestHead, Responder};
+
+/// What happens to a request once its verdict is known.
+pub(crate) enum Next<Sl> {
+    /// Refuse it with this rejection.
+    Reject(Rejection),
+    /// Let it through, after `sleep` if it must wait, with these headers.
+    Pass {
+        stamp: Option<Stamp>,
+        sleep: Option<(Sl, WaitSlot)>,
+    },
+}
+
+/// A place among the requests waiting in leaky buckets; freed on drop.
+#[derive(Debug)]
+pub(crate) struct WaitSlot(Arc<AtomicUsize>);
+
+impl WaitSlot {
+    /// Takes a place if fewer than `max` are taken.
+    pub(crate) fn try_take(waiting: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        let taken = waiting.fetch_add(1, Ordering::AcqRel);
+        let slot = WaitSlot(Arc::clone(waiting));
+        (taken < max).then_some(slot)
+    }
+}
+
+impl Drop for WaitSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pub(crate) type Decision<Sl> = Pin<Box<dyn Future<Output = Next<Sl>> + Send>>;
+
+pin_project! {
+    /// Response future of [`RateLimit`](super::RateLimit).
+    pub struct ResponseFuture<S, B, F, Sl> {
+        #[pin]
+        state: State<S, B, F, Sl>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B, F, Sl> {
+        Deciding {
+            decision: Decision<Sl>,
+            service: Option<S>,
+            request: Option<Request<B>>,
+            responder: Responder,
+        },
+        Waiting {
+            #[pin]
+            sleep: Sl,
+            slot: Option<WaitSlot>,
+            service: Option<S>,
+            request: Option<Request<B>>,
+            stamp: Option<Stamp>,
+        },
+        Calling {
+            #[pin]
+            future: F,
+            stamp: Option<Stamp>,
+        },
+        Rejected {
+            response: Option<Response<Bytes>>,
+        },
+    }
+}
+
+impl<S, B, F, Sl> ResponseFuture<S, B, F, Sl> {
+    pub(crate) fn calling(future: F, stamp: Option<Stamp>) -> Self {
+        ResponseFuture {
+            state: State::Calling { future, stamp },
+        }
+    }
+
+    pub(crate) fn rejected(response: Response<Bytes>) -> Self {
+        ResponseFuture {
+            state: State::Rejected {
+                response: Some(response),
+            },
+        }
+    }
+
+    pub(crate) fn waiting(
+        sleep: Sl,
+        slot: WaitSlot,
+        service: S,
+        request: Request<B>,
+        stamp: Option<Stamp>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Waiting {
+                sleep,
+                slot: Some(slot),
+                service: Some(service),
+                request: Some(request),
+                stamp,
+            },
+        }
+    }
+
+    pub(crate) fn deciding(
+        decision: Decision<Sl>,
+        service: S,
+        request: Request<B>,
+        responder: Responder,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Deciding {
+                decision,
+                service: Some(service),
+                request: Some(request),
+                responder,
+            },
+        }
+    }
+}
+
+impl<S, B, F, Sl, ResB, E> Future for ResponseFuture<S, B, F, Sl>
+where
+    S: Service<Request<B>, Future = F>,
+    F: Future<Output = Result<Response<ResB>, E>>,
+    Sl: Future<Output = ()>,
+{
+    type Output = Result<Response<ResponseBody<ResB>>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut this = self.as_mut().project();
+            let next = match this.state.as_mut().project() {
+                StateProj::Calling { future, stamp } => {
+                    let mut response = ready!(future.poll(cx))?;
+                    if let Some(stamp) = stamp.take() {
+                        stamp.apply(response.headers_mut());
+                    }
+                    return Poll::Ready(Ok(response.map(ResponseBody::new)));
+                }
+                StateProj::Rejected { response } => {
+                    let response = response.take().expect("polled after completion");
+                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                }
+                StateProj::Waiting {
+                    sleep,
+                    slot,
+                    service,
+                    request,
+                    stamp,
+                } => {
+                    ready!(sleep.poll(cx));
+                    drop(slot.take());
+                    let mut service = service.take().expect("polled after completion");
+                    let request = request.take().expect("polled after completion");
+                    State::Calling {
+                        future: service.call(request),
+                        stamp: stamp.take(),
+                    }
+                }
+                StateProj::Deciding {
+                    decision,
+                    service,
+                    request,
+                    responder,
+                } => {
+                    let next = ready!(decision.as_mut().poll(cx));
+                    let mut service = service.take().expect("polled after completion");
+                    let request = request.take().expect("polled after completion");
+                    match next {
+                        Next::Reject(rejection) => State::Rejected {
+                            response: Some(
+                                responder.respond(&rejection, &RequestHead::of(&request)),
+                            ),
+                        },
+                        Next::Pass {
+                            stamp,
+                            sleep: Some((sleep, slot)),
+                        } => State::Waiting {
+                            sleep,
+                            slot: Some(slot),
+                            service: Some(service),
+                            request: Some(request),
+                            stamp,
+                        },
+                        Next::Pass { stamp, sleep: None } => State::Calling {
+                            future: service.call(request),
+                            stamp,
+                        },
+                    }
+                }
+            };
+            this.state.set(next);
+        }
+    }
+}
+
+impl<S, B, F, Sl> std::fmt::Debug for ResponseFuture<S, B, F, Sl> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
