@@ -173,17 +173,16 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// The peer address recorded in the request's extensions.
 fn peer_addr<B>(request: &Request<B>) -> Option<SocketAddr> {
     let extensions = request.extensions();
-    if let Some(PeerAddr(addr)) = extensions.get::<PeerAddr>() {
-        return Some(*addr);
-    }
-    if let Some(addr) = extensions.get::<SocketAddr>() {
-        return Some(*addr);
-    }
+
+    // axum's first: it is what most services have.
     #[cfg(feature = "axum")]
     if let Some(info) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
         return Some(info.0);
     }
-    None
+    if let Some(PeerAddr(addr)) = extensions.get::<PeerAddr>() {
+        return Some(*addr);
+    }
+    extensions.get::<SocketAddr>().copied()
 }
 
 impl<B> KeyExtractor<B> for ClientIp {

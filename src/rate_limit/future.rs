@@ -21,7 +21,7 @@ pub(crate) enum Next<Sl> {
     Reject(Rejection),
     /// Let it through, after `sleep` if it must wait, with these headers.
     Pass {
-        stamp: Option<Stamp>,
+        stamp: Option<Box<Stamp>>,
         sleep: Option<(Sl, WaitSlot)>,
     },
 }
@@ -58,24 +58,17 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<S, B, F, Sl> {
+        // The rare states are boxed so the future of an admitted request stays small.
         Deciding {
-            decision: Decision<Sl>,
-            service: Option<S>,
-            request: Option<Request<B>>,
-            responder: Responder,
+            deciding: Option<Box<Deciding<S, B, Sl>>>,
         },
         Waiting {
-            #[pin]
-            sleep: Sl,
-            slot: Option<WaitSlot>,
-            service: Option<S>,
-            request: Option<Request<B>>,
-            stamp: Option<Stamp>,
+            waiting: Pin<Box<Waiting<S, B, Sl>>>,
         },
         Calling {
             #[pin]
             future: F,
-            stamp: Option<Stamp>,
+            stamp: Option<Box<Stamp>>,
         },
         Rejected {
             response: Option<Response<Bytes>>,
@@ -83,8 +76,26 @@ pin_project! {
     }
 }
 
+struct Deciding<S, B, Sl> {
+    decision: Decision<Sl>,
+    service: S,
+    request: Request<B>,
+    responder: Responder,
+}
+
+pin_project! {
+    struct Waiting<S, B, Sl> {
+        #[pin]
+        sleep: Sl,
+        slot: Option<WaitSlot>,
+        service: Option<S>,
+        request: Option<Request<B>>,
+        stamp: Option<Box<Stamp>>,
+    }
+}
+
 impl<S, B, F, Sl> ResponseFuture<S, B, F, Sl> {
-    pub(crate) fn calling(future: F, stamp: Option<Stamp>) -> Self {
+    pub(crate) fn calling(future: F, stamp: Option<Box<Stamp>>) -> Self {
         ResponseFuture {
             state: State::Calling { future, stamp },
         }
@@ -103,15 +114,17 @@ impl<S, B, F, Sl> ResponseFuture<S, B, F, Sl> {
         slot: WaitSlot,
         service: S,
         request: Request<B>,
-        stamp: Option<Stamp>,
+        stamp: Option<Box<Stamp>>,
     ) -> Self {
         ResponseFuture {
             state: State::Waiting {
-                sleep,
-                slot: Some(slot),
-                service: Some(service),
-                request: Some(request),
-                stamp,
+                waiting: Box::pin(Waiting {
+                    sleep,
+                    slot: Some(slot),
+                    service: Some(service),
+                    request: Some(request),
+                    stamp,
+                }),
             },
         }
     }
@@ -124,10 +137,12 @@ impl<S, B, F, Sl> ResponseFuture<S, B, F, Sl> {
     ) -> Self {
         ResponseFuture {
             state: State::Deciding {
-                decision,
-                service: Some(service),
-                request: Some(request),
-                responder,
+                deciding: Some(Box::new(Deciding {
+                    decision,
+                    service,
+                    request,
+                    responder,
+                })),
             },
         }
     }
@@ -156,31 +171,26 @@ where
                     let response = response.take().expect("polled after completion");
                     return Poll::Ready(Ok(response.map(ResponseBody::full)));
                 }
-                StateProj::Waiting {
-                    sleep,
-                    slot,
-                    service,
-                    request,
-                    stamp,
-                } => {
-                    ready!(sleep.poll(cx));
-                    drop(slot.take());
-                    let mut service = service.take().expect("polled after completion");
-                    let request = request.take().expect("polled after completion");
+                StateProj::Waiting { waiting } => {
+                    let waiting = waiting.as_mut().project();
+                    ready!(waiting.sleep.poll(cx));
+                    drop(waiting.slot.take());
+                    let mut service = waiting.service.take().expect("polled after completion");
+                    let request = waiting.request.take().expect("polled after completion");
                     State::Calling {
                         future: service.call(request),
-                        stamp: stamp.take(),
+                        stamp: waiting.stamp.take(),
                     }
                 }
-                StateProj::Deciding {
-                    decision,
-                    service,
-                    request,
-                    responder,
-                } => {
-                    let next = ready!(decision.as_mut().poll(cx));
-                    let mut service = service.take().expect("polled after completion");
-                    let request = request.take().expect("polled after completion");
+                StateProj::Deciding { deciding } => {
+                    let pending = deciding.as_mut().expect("polled after completion");
+                    let next = ready!(pending.decision.as_mut().poll(cx));
+                    let Deciding {
+                        mut service,
+                        request,
+                        responder,
+                        ..
+                    } = *deciding.take().expect("polled after completion");
                     match next {
                         Next::Reject(rejection) => State::Rejected {
                             response: Some(
@@ -190,13 +200,10 @@ where
                         Next::Pass {
                             stamp,
                             sleep: Some((sleep, slot)),
-                        } => State::Waiting {
-                            sleep,
-                            slot: Some(slot),
-                            service: Some(service),
-                            request: Some(request),
-                            stamp,
-                        },
+                        } => {
+                            let waiting = Self::waiting(sleep, slot, service, request, stamp);
+                            waiting.state
+                        }
                         Next::Pass { stamp, sleep: None } => State::Calling {
                             future: service.call(request),
                             stamp,

@@ -58,10 +58,7 @@ impl<K, C: Clock, P> Shared<K, C, P> {
         slot: Option<WaitSlot>,
     ) -> Next<C::Sleep> {
         let compiled = &self.plans[plan];
-        let stamp = self
-            .headers
-            .any()
-            .then(|| Stamp::new(self.headers, compiled, &self.policy_values[plan], verdict));
+        let stamp = self.stamp(plan, verdict);
 
         if verdict.allowed {
             let sleep = match slot {
@@ -107,6 +104,19 @@ impl<K, C: Clock, P> Shared<K, C, P> {
             }
         }
         Next::Reject(rejection)
+    }
+
+    /// The headers for `verdict`, when the layer adds any.
+    fn stamp(&self, plan: usize, verdict: &Verdict) -> Option<Box<Stamp>> {
+        self.headers.any().then(|| {
+            let compiled = &self.plans[plan];
+            Box::new(Stamp::new(
+                self.headers,
+                compiled,
+                &self.policy_values[plan],
+                verdict,
+            ))
+        })
     }
 
     /// Takes a waiting place when the plan may delay requests.
@@ -193,6 +203,12 @@ where
                 let now = shared.clock.now();
                 let verdict =
                     state.check(hash, compiled, class.cost, now.as_nanos(), slot.is_some());
+
+                // The common case first, without building a `Next`: admitted, no wait.
+                if verdict.allowed && verdict.wait == 0 {
+                    let stamp = shared.stamp(plan, &verdict);
+                    return ResponseFuture::calling(self.inner.call(request), stamp);
+                }
                 match shared.settle(plan, &verdict, now, slot) {
                     Next::Pass { stamp, sleep: None } => {
                         ResponseFuture::calling(self.inner.call(request), stamp)
