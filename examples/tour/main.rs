@@ -4,6 +4,9 @@
 //! loopback port, sends it real HTTP traffic, and prints what the client saw and
 //! what the layer did. Needs no configuration and no network; exits 0.
 
+mod basics;
+mod rate_limit;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -18,7 +21,10 @@ use hyper_util::rt::TokioExecutor;
 #[tokio::main]
 async fn main() {
     let started = Instant::now();
-    println!("tower-toolbox tour: every request below is real HTTP over loopback.\n");
+    println!("tower-toolbox tour: every request below is real HTTP over loopback.");
+
+    basics::run().await;
+    rate_limit::run().await;
 
     println!(
         "\nTour finished in {:.1} s.",

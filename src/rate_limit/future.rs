@@ -129,6 +129,8 @@ impl<S, B, F, Sl> ResponseFuture<S, B, F, Sl> {
         }
     }
 
+    // Only the Redis backend decides asynchronously.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn deciding(
         decision: Decision<Sl>,
         service: S,

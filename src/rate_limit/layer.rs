@@ -160,7 +160,7 @@ impl<K, C, P> Builder<K, C, P> {
         }
     }
 
-    /// Chooses each request's plan and cost, or exempts it (see [`Classify`]).
+    /// Chooses each request's plan and cost, or exempts it (see [`Classify`](super::Classify)).
     pub fn classify<P2>(self, classify: P2) -> Builder<K, C, P2> {
         Builder {
             plans: self.plans,

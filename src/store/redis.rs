@@ -99,12 +99,13 @@ impl RedisStore {
 
     /// The key for `id` in `layer`'s namespace: `prefix:layer:{id}`. The braces make
     /// `id` the hash tag, so every key of one id lands in one cluster slot.
-    pub(crate) fn key(&self, layer: &str, id: impl fmt::Display) -> String {
+    pub fn key(&self, layer: &str, id: impl fmt::Display) -> String {
         format!("{}:{layer}:{{{id}}}", self.prefix)
     }
 
-    /// Runs `call` on the shared connection, bounded by the timeout.
-    pub(crate) async fn call<T, F, Fut>(&self, call: F) -> Result<T, StoreError>
+    /// Runs `call` on the shared connection, bounded by the timeout: the building
+    /// block of every layer that keeps state in Redis.
+    pub async fn call<T, F, Fut>(&self, call: F) -> Result<T, StoreError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
