@@ -197,6 +197,18 @@ fn their_layer() -> impl Service<Request<Body>, Response = Response<impl Sized>,
 
 fn layer_allowed(c: &mut Criterion) {
     let mut group = c.benchmark_group("rate_limit/layer_allowed");
+    // The inner service alone: the layers' overhead is their time minus this.
+    let mut bare = inner();
+    group.bench_function("no layer", |b| {
+        b.iter_batched(
+            request,
+            |request| {
+                let status = complete(bare.call(request)).unwrap().status();
+                assert_eq!(status, 200);
+            },
+            BatchSize::SmallInput,
+        )
+    });
     let mut ours = our_layer();
     group.bench_function("tower-toolbox", |b| {
         b.iter_batched(

@@ -12,6 +12,7 @@
 //! quota's entry is the key's hash with those bits left intact.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -206,21 +207,28 @@ impl MemoryState {
         let mut shard = self.shard(hash);
         let n = plan.plan.policies.len();
 
-        // One quota, the common case: one lookup, updated in place.
+        // One quota, the common case: one probe, updated in place.
         if n == 1 {
             let key = hash ^ plan.salts[0];
-            if let Some(tat) = shard.get_mut(&key) {
-                let (verdict, tats) = plan.decide(now, cost, may_wait, |_| *tat);
-                if verdict.allowed {
-                    *tat = tats[0];
+            if shard.len() >= self.shard_capacity && !shard.contains_key(&key) {
+                self.evict(&mut shard, now);
+            }
+            return match shard.entry(key) {
+                Entry::Occupied(mut slot) => {
+                    let (verdict, tats) = plan.decide(now, cost, may_wait, |_| *slot.get());
+                    if verdict.allowed {
+                        *slot.get_mut() = tats[0];
+                    }
+                    verdict
                 }
-                return verdict;
-            }
-            let (verdict, tats) = plan.decide(now, cost, may_wait, |_| 0);
-            if verdict.allowed && tats[0] > now {
-                self.insert(&mut shard, key, tats[0], now);
-            }
-            return verdict;
+                Entry::Vacant(slot) => {
+                    let (verdict, tats) = plan.decide(now, cost, may_wait, |_| 0);
+                    if verdict.allowed && tats[0] > now {
+                        slot.insert(tats[0]);
+                    }
+                    verdict
+                }
+            };
         }
 
         let (verdict, tats) = plan.decide(now, cost, may_wait, |i| {
