@@ -3,55 +3,24 @@
 
 #[path = "support/redis.rs"]
 mod redis_server;
+#[path = "support/service.rs"]
+mod support;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
 use redis_server::RedisServer;
+use support::{Body, from, ok_service, status};
 use tower::{Layer, Service, ServiceExt};
-use tower_toolbox::key::PeerAddr;
 use tower_toolbox::rate_limit::{Headers, LeakyBucket, Quota, RateLimitLayer};
 use tower_toolbox::store::{FailureMode, RedisStore};
 
-type Body = Full<Bytes>;
-
 fn nz(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap()
-}
-
-fn from(peer: &str) -> Request<Body> {
-    let mut request = Request::get("/").body(Body::default()).unwrap();
-    request
-        .extensions_mut()
-        .insert(PeerAddr(format!("{peer}:1").parse::<SocketAddr>().unwrap()));
-    request
-}
-
-fn ok_service(
-    calls: Arc<AtomicUsize>,
-) -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
-+ Clone
-+ Send
-+ 'static {
-    tower::service_fn(move |_req: Request<Body>| {
-        calls.fetch_add(1, Ordering::SeqCst);
-        async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
-    })
-}
-
-async fn status<S, B>(service: &mut S, request: Request<Body>) -> u16
-where
-    S: Service<Request<Body>, Response = Response<B>, Error = Infallible>,
-{
-    let response = service.ready().await.unwrap().call(request).await.unwrap();
-    response.status().as_u16()
 }
 
 fn store(server: &RedisServer, prefix: &str) -> RedisStore {

@@ -48,18 +48,20 @@ impl RateLimitLayer {
     /// A builder with every option.
     pub fn builder() -> Builder {
         Builder {
-            plans: Vec::new(),
             key: ClientIp::new(),
             clock: MonotonicClock::new(),
             classify: EveryRequest,
-            headers: Headers::NONE,
-            responder: Responder::default(),
-            missing: MissingKey::Reject,
-            dry_run: false,
-            max_keys: NonZeroUsize::new(1 << 20).expect("non-zero"),
-            max_waiting: 10_000,
-            #[cfg(feature = "redis")]
-            redis: None,
+            settings: Settings {
+                plans: Vec::new(),
+                headers: Headers::NONE,
+                responder: Responder::default(),
+                missing: MissingKey::Reject,
+                dry_run: false,
+                max_keys: NonZeroUsize::new(1 << 20).expect("non-zero"),
+                max_waiting: 10_000,
+                #[cfg(feature = "redis")]
+                redis: None,
+            },
         }
     }
 }
@@ -92,10 +94,16 @@ impl<S, K, C, P> Layer<S> for RateLimitLayer<K, C, P> {
 /// 10,000 requests waiting in leaky buckets.
 #[derive(Debug)]
 pub struct Builder<K = ClientIp, C = MonotonicClock, P = EveryRequest> {
-    plans: Vec<Plan>,
     key: K,
     clock: C,
     classify: P,
+    settings: Settings,
+}
+
+/// The options that do not change the builder's type.
+#[derive(Debug)]
+struct Settings {
+    plans: Vec<Plan>,
     headers: Headers,
     responder: Responder,
     missing: MissingKey,
@@ -109,9 +117,9 @@ pub struct Builder<K = ClientIp, C = MonotonicClock, P = EveryRequest> {
 impl<K, C, P> Builder<K, C, P> {
     /// Adds a quota to the last plan (creating the first plan if there is none).
     pub fn quota(mut self, quota: impl Into<super::Policy>) -> Self {
-        match self.plans.last_mut() {
+        match self.settings.plans.last_mut() {
             Some(plan) => plan.policies.push(quota.into()),
-            None => self.plans.push(Plan::new().quota(quota)),
+            None => self.settings.plans.push(Plan::new().quota(quota)),
         }
         self
     }
@@ -119,25 +127,17 @@ impl<K, C, P> Builder<K, C, P> {
     /// Adds a plan. Plans are numbered in the order they are added, from 0; a
     /// classifier picks one per request (per route, per user tier).
     pub fn plan(mut self, plan: impl Into<Plan>) -> Self {
-        self.plans.push(plan.into());
+        self.settings.plans.push(plan.into());
         self
     }
 
     /// What requests are counted by (default [`ClientIp`]).
     pub fn key<K2>(self, key: K2) -> Builder<K2, C, P> {
         Builder {
-            plans: self.plans,
             key,
             clock: self.clock,
             classify: self.classify,
-            headers: self.headers,
-            responder: self.responder,
-            missing: self.missing,
-            dry_run: self.dry_run,
-            max_keys: self.max_keys,
-            max_waiting: self.max_waiting,
-            #[cfg(feature = "redis")]
-            redis: self.redis,
+            settings: self.settings,
         }
     }
 
@@ -145,61 +145,45 @@ impl<K, C, P> Builder<K, C, P> {
     /// server's clock for decisions and this one only for waiting.
     pub fn clock<C2: Clock>(self, clock: C2) -> Builder<K, C2, P> {
         Builder {
-            plans: self.plans,
             key: self.key,
             clock,
             classify: self.classify,
-            headers: self.headers,
-            responder: self.responder,
-            missing: self.missing,
-            dry_run: self.dry_run,
-            max_keys: self.max_keys,
-            max_waiting: self.max_waiting,
-            #[cfg(feature = "redis")]
-            redis: self.redis,
+            settings: self.settings,
         }
     }
 
     /// Chooses each request's plan and cost, or exempts it (see [`Classify`](super::Classify)).
     pub fn classify<P2>(self, classify: P2) -> Builder<K, C, P2> {
         Builder {
-            plans: self.plans,
             key: self.key,
             clock: self.clock,
             classify,
-            headers: self.headers,
-            responder: self.responder,
-            missing: self.missing,
-            dry_run: self.dry_run,
-            max_keys: self.max_keys,
-            max_waiting: self.max_waiting,
-            #[cfg(feature = "redis")]
-            redis: self.redis,
+            settings: self.settings,
         }
     }
 
     /// Which rate limit headers every response carries (default none).
     pub fn headers(mut self, headers: Headers) -> Self {
-        self.headers = headers;
+        self.settings.headers = headers;
         self
     }
 
     /// How refusals are answered (default problem+json or a gRPC status).
     pub fn responder(mut self, responder: Responder) -> Self {
-        self.responder = responder;
+        self.settings.responder = responder;
         self
     }
 
     /// What to do with requests whose key cannot be extracted (default: refuse).
     pub fn on_missing_key(mut self, missing: MissingKey) -> Self {
-        self.missing = missing;
+        self.settings.missing = missing;
         self
     }
 
     /// Count, log and add headers, but never refuse or delay: to try a limit in
     /// production before enforcing it.
     pub fn dry_run(mut self, dry_run: bool) -> Self {
-        self.dry_run = dry_run;
+        self.settings.dry_run = dry_run;
         self
     }
 
@@ -207,14 +191,14 @@ impl<K, C, P> Builder<K, C, P> {
     /// whose bucket is full again are dropped first (they carry no information),
     /// then those nearest to full, a shard at a time.
     pub fn max_keys(mut self, max: NonZeroUsize) -> Self {
-        self.max_keys = max;
+        self.settings.max_keys = max;
         self
     }
 
     /// The most requests waiting in leaky buckets at once, over all keys; a
     /// request that would wait beyond it is refused with 429.
     pub fn max_waiting(mut self, max: usize) -> Self {
-        self.max_waiting = max;
+        self.settings.max_waiting = max;
         self
     }
 
@@ -222,19 +206,20 @@ impl<K, C, P> Builder<K, C, P> {
     /// and prefix.
     #[cfg(feature = "redis")]
     pub fn redis(mut self, store: crate::store::RedisStore) -> Self {
-        self.redis = Some(store);
+        self.settings.redis = Some(store);
         self
     }
 
     /// Checks the configuration and builds the layer.
     pub fn build(self) -> Result<RateLimitLayer<K, C, P>, ConfigError> {
-        if self.plans.is_empty() {
+        let settings = self.settings;
+        if settings.plans.is_empty() {
             return Err(ConfigError::NoPlan);
         }
-        for plan in &self.plans {
+        for plan in &settings.plans {
             plan.validate()?;
         }
-        let plans: Box<[CompiledPlan]> = self
+        let plans: Box<[CompiledPlan]> = settings
             .plans
             .into_iter()
             .enumerate()
@@ -243,12 +228,12 @@ impl<K, C, P> Builder<K, C, P> {
         let policy_values: Box<[HeaderValue]> = plans.iter().map(policy_value).collect();
 
         #[cfg(feature = "redis")]
-        let backend = match self.redis {
+        let backend = match settings.redis {
             Some(store) => Backend::Redis(super::redis::RedisLimiter::new(store, &plans)),
-            None => Backend::Memory(MemoryState::new(self.max_keys.get())),
+            None => Backend::Memory(MemoryState::new(settings.max_keys.get())),
         };
         #[cfg(not(feature = "redis"))]
-        let backend = Backend::Memory(MemoryState::new(self.max_keys.get()));
+        let backend = Backend::Memory(MemoryState::new(settings.max_keys.get()));
 
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
@@ -259,12 +244,12 @@ impl<K, C, P> Builder<K, C, P> {
                 policy_values,
                 backend,
                 hasher: foldhash::quality::RandomState::default(),
-                headers: self.headers,
-                responder: self.responder,
-                missing: self.missing,
-                dry_run: self.dry_run,
+                headers: settings.headers,
+                responder: settings.responder,
+                missing: settings.missing,
+                dry_run: settings.dry_run,
                 waiting: Arc::new(AtomicUsize::new(0)),
-                max_waiting: self.max_waiting,
+                max_waiting: settings.max_waiting,
             }),
         })
     }

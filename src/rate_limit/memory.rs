@@ -254,21 +254,29 @@ impl MemoryState {
         shard.insert(key, tat);
     }
 
-    /// Frees at least a quarter of a full shard: first the keys whose bucket is
-    /// full again (they carry no information), then those nearest to full.
+    /// Frees a quarter of a full shard: first the keys whose bucket is full again
+    /// (they carry no information), then those nearest to full.
     #[cold]
     fn evict(&self, shard: &mut Shard, now: u64) {
         let before = shard.len();
+        shard.retain(|_, tat| *tat > now);
+
         let target = self.shard_capacity - self.shard_capacity / 4;
-        let mut horizon = now;
-        let mut step = 1_000_000_000u64;
-        loop {
-            shard.retain(|_, tat| *tat > horizon);
-            if shard.len() <= target {
-                break;
-            }
-            horizon = horizon.saturating_add(step);
-            step = step.saturating_mul(2);
+        if shard.len() > target {
+            // The `excess` smallest TATs go; ties at the cut are broken arbitrarily
+            // so exactly `excess` entries leave.
+            let excess = shard.len() - target;
+            let mut tats: Vec<u64> = shard.values().copied().collect();
+            let (below, &mut cut, _) = tats.select_nth_unstable(excess - 1);
+            let mut ties = excess - below.iter().filter(|&&t| t < cut).count();
+            shard.retain(|_, tat| match (*tat).cmp(&cut) {
+                std::cmp::Ordering::Less => false,
+                std::cmp::Ordering::Equal if ties > 0 => {
+                    ties -= 1;
+                    false
+                }
+                _ => true,
+            });
         }
         tracing::debug!(
             evicted = before - shard.len(),
