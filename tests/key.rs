@@ -251,3 +251,30 @@ proptest! {
         }
     }
 }
+
+#[tokio::test]
+async fn route_key_uses_axum_matched_route_template() {
+    use axum::routing::get;
+    use tower::ServiceExt;
+    use tower_toolbox::key::RouteKey;
+
+    let app = axum::Router::new().route(
+        "/users/{id}",
+        get(|request: axum::extract::Request| async move {
+            let route = RouteKey.extract(&request).unwrap();
+            format!("{} {}", route.method(), route.path())
+        }),
+    );
+    for uri in ["/users/1", "/users/2?x=y"] {
+        let response = app
+            .clone()
+            .oneshot(Request::get(uri).body(axum::body::Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(body, "GET /users/{id}");
+    }
+}
