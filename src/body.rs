@@ -121,6 +121,9 @@ pin_project! {
     }
 }
 
+// Only the layers that answer some requests themselves use these; a build with
+// none of those features on must not warn.
+#[allow(dead_code)]
 impl<F> ResponseFuture<F> {
     /// Waits for the inner service's response.
     pub(crate) fn inner(future: F) -> Self {
