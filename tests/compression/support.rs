@@ -161,3 +161,52 @@ impl Body for CountingBody {
         Poll::Ready(next.map(|c| Ok(Frame::data(c))))
     }
 }
+
+/// Decodes a compressed stream as it arrives, the way a browser does.
+pub enum StreamDecoder {
+    Gzip(flate2::write::GzDecoder<Vec<u8>>),
+    Deflate(flate2::write::ZlibDecoder<Vec<u8>>),
+    Brotli(Box<brotli::DecompressorWriter<Vec<u8>>>),
+    Zstd(zstd::stream::write::Decoder<'static, Vec<u8>>),
+}
+
+impl StreamDecoder {
+    pub fn new(coding: Coding) -> Self {
+        match coding {
+            Coding::Gzip => StreamDecoder::Gzip(flate2::write::GzDecoder::new(Vec::new())),
+            Coding::Deflate => StreamDecoder::Deflate(flate2::write::ZlibDecoder::new(Vec::new())),
+            Coding::Brotli => {
+                StreamDecoder::Brotli(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096)))
+            }
+            Coding::Zstd => {
+                StreamDecoder::Zstd(zstd::stream::write::Decoder::new(Vec::new()).unwrap())
+            }
+        }
+    }
+
+    /// Feeds `chunk` and returns everything decoded so far.
+    pub fn push(&mut self, chunk: &[u8]) -> &[u8] {
+        match self {
+            StreamDecoder::Gzip(d) => {
+                d.write_all(chunk).unwrap();
+                d.flush().unwrap();
+                d.get_ref()
+            }
+            StreamDecoder::Deflate(d) => {
+                d.write_all(chunk).unwrap();
+                d.flush().unwrap();
+                d.get_ref()
+            }
+            StreamDecoder::Brotli(d) => {
+                d.write_all(chunk).unwrap();
+                d.flush().unwrap();
+                d.get_ref()
+            }
+            StreamDecoder::Zstd(d) => {
+                d.write_all(chunk).unwrap();
+                d.flush().unwrap();
+                d.get_ref()
+            }
+        }
+    }
+}
