@@ -15,10 +15,15 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+#[cfg(feature = "compression-gzip")]
+mod compression;
+
 #[tokio::main]
 async fn main() {
     let started = Instant::now();
     println!("tower-toolbox tour: every request below is real HTTP over loopback.\n");
+    #[cfg(feature = "compression-gzip")]
+    compression::run().await;
 
     println!(
         "\nTour finished in {:.1} s.",

@@ -61,6 +61,10 @@ impl<E> Default for Buffered<E> {
     }
 }
 
+/// Compressed bytes at which a frame is sent without waiting for the inner body
+/// to pause or end: 16 KiB.
+const EMIT_AT: usize = 16 * 1024;
+
 struct Encoding {
     coding: Coding,
     encoder: Encoder,
@@ -170,7 +174,10 @@ where
                         Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                             Ok(data) => {
                                 encoding.encode(&data)?;
-                                if let Some(chunk) = encoding.take() {
+                                // Keep reading while the body has more ready: fewer,
+                                // larger frames. What is held is sent on `Pending`.
+                                if encoding.out.len() >= EMIT_AT {
+                                    let chunk = encoding.take().expect("output present");
                                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
                                 }
                             }
@@ -188,14 +195,14 @@ where
                             // a stream's events do not wait for the next one.
                             if encoding.unflushed {
                                 encoding.flush()?;
-                                if let Some(chunk) = encoding.take() {
-                                    tracing::trace!(
-                                        coding = %encoding.coding,
-                                        bytes = chunk.len(),
-                                        "flushed compressed chunk while the body is pending"
-                                    );
-                                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
-                                }
+                            }
+                            if let Some(chunk) = encoding.take() {
+                                tracing::trace!(
+                                    coding = %encoding.coding,
+                                    bytes = chunk.len(),
+                                    "sending compressed data while the body is pending"
+                                );
+                                return Poll::Ready(Some(Ok(Frame::data(chunk))));
                             }
                             return Poll::Pending;
                         }
