@@ -89,6 +89,12 @@ pub struct HttpClient {
     http2: Client<HttpConnector, Full<Bytes>>,
 }
 
+impl Default for HttpClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl HttpClient {
     pub fn new() -> Self {
         HttpClient {
