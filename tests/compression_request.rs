@@ -277,3 +277,17 @@ async fn grpc_requests_are_refused_with_a_grpc_status() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["grpc-status"], "12");
 }
+
+#[tokio::test]
+async fn a_decoded_chunked_body_is_handed_on_with_a_length_not_chunked() {
+    let mut request = post("gzip", support::encode(Coding::Gzip, b"chunked upload"));
+    request
+        .headers_mut()
+        .insert(http::header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+    let (status, _, body, seen) = send(RequestDecompressionLayer::new(), request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "chunked upload");
+    let (headers, _) = seen.request.lock().unwrap().take().unwrap();
+    assert!(headers.get(http::header::TRANSFER_ENCODING).is_none());
+    assert_eq!(headers[CONTENT_LENGTH], "14");
+}

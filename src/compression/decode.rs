@@ -175,7 +175,7 @@ mod tests {
 
     #[cfg(feature = "compression-gzip")]
     #[test]
-    fn a_zero_bomb_stops_one_byte_past_the_limit() {
+    fn a_gzip_zero_bomb_stops_one_byte_past_the_limit() {
         let bomb = gzip(&vec![0; 10 << 20]);
         let mut decoder = BoundedDecoder::new(Coding::Gzip, 1 << 20, ratio(u32::MAX)).unwrap();
         assert_eq!(
@@ -184,6 +184,31 @@ mod tests {
         );
         assert_eq!(decoder.decoded(), (1 << 20) + 1);
         assert!(decoder.out.len() <= 1 << 20);
+    }
+
+    #[cfg(feature = "compression-zstd")]
+    #[test]
+    fn a_zstd_zero_bomb_stops_one_byte_past_the_limit() {
+        let bomb = zstd::bulk::compress(&vec![0; 10 << 20], 19).unwrap();
+        let mut decoder = BoundedDecoder::new(Coding::Zstd, 1 << 20, ratio(u32::MAX)).unwrap();
+        assert_eq!(
+            decoder.feed(&bomb),
+            Err(Refusal::TooLarge { limit: 1 << 20 })
+        );
+        assert_eq!(decoder.decoded(), (1 << 20) + 1);
+        assert!(decoder.out.len() <= 1 << 20);
+    }
+
+    #[cfg(feature = "compression-zstd")]
+    #[test]
+    fn zstd_frames_asking_for_a_window_over_8_mib_are_corrupt() {
+        let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        encoder.window_log(24).unwrap();
+        encoder.long_distance_matching(true).unwrap();
+        std::io::Write::write_all(&mut encoder, &vec![1u8; 20 << 20]).unwrap();
+        let frame = encoder.finish().unwrap();
+        let mut decoder = BoundedDecoder::new(Coding::Zstd, 64 << 20, ratio(u32::MAX)).unwrap();
+        assert!(matches!(decoder.feed(&frame), Err(Refusal::Corrupt(_))));
     }
 
     #[cfg(feature = "compression-gzip")]

@@ -23,8 +23,8 @@ pub trait Predicate: Clone + Send + Sync + 'static {
 /// - `text/*` (including `text/event-stream`),
 /// - `application/json`, `application/xml`, `application/javascript`,
 ///   `application/ecmascript`, `application/x-javascript`, `application/wasm`,
-///   `application/x-ndjson`, `application/graphql-response+json`,
-///   `application/problem+json`, any type with a `+json` or `+xml` suffix,
+///   `application/x-ndjson`, `application/x-www-form-urlencoded`, and any type
+///   with a `+json` or `+xml` suffix (`application/problem+json`, `atom+xml`),
 /// - `image/svg+xml`, `image/bmp`, `image/x-icon`, `font/ttf`, `font/otf`.
 ///
 /// Everything else is left alone, in particular `image/png`, `image/jpeg`,

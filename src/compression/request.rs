@@ -7,7 +7,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, HeaderValue};
+use http::header::{
+    ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, HeaderValue, TRANSFER_ENCODING,
+};
 use http::request::Parts;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -347,7 +349,9 @@ where
                     let mut parts = parts.take().expect("parts present");
                     match outcome {
                         Ok(decoded) => {
+                            // The body is now whole and plain: say so, and only so.
                             parts.headers.remove(CONTENT_ENCODING);
+                            parts.headers.remove(TRANSFER_ENCODING);
                             parts
                                 .headers
                                 .insert(CONTENT_LENGTH, HeaderValue::from(decoded.len()));
