@@ -9,7 +9,12 @@
 //!
 //! On Linux the time measured is the CPU time of the benchmark thread (everything
 //! here runs on it: the runtime is single-threaded), so that other load on a
-//! shared machine does not skew the comparison; elsewhere it is wall time. The `gzip_backend` group compares flate2's
+//! shared machine does not skew the comparison; elsewhere it is wall time.
+//!
+//! Criterion measures the three contestants one after another, so a change of load
+//! between them shows up in the ratios. Before the groups, the benchmark therefore
+//! also prints interleaved medians: 31 rounds, each timing one compression by each
+//! contestant in rotating order, and the ratios of those medians. The `gzip_backend` group compares flate2's
 //! `zlib-rs` backend, which this crate selects, with `miniz_oxide`, flate2's
 //! default. Compressed sizes are printed once before the groups run.
 //!
@@ -170,6 +175,46 @@ fn compression(c: &mut Criterion) {
             "{coding} level {}: raw {} bytes, ours {ours_size} bytes, tower-http {peer_size} bytes",
             coding.default_level(),
             raw(coding, &data).len(),
+        );
+    }
+
+    println!("interleaved medians of 31 rounds (MB/s of input; ratios of the medians):");
+    for coding in Coding::ALL {
+        let peer = peer(coding);
+        let mut times: [Vec<Duration>; 3] = Default::default();
+        for round in 0..31 {
+            for turn in 0..3 {
+                let contestant = (round + turn) % 3;
+                let start = now();
+                match contestant {
+                    0 => {
+                        black_box(raw(coding, &data));
+                    }
+                    1 => runtime.block_on(async {
+                        let response = ours.clone().oneshot(request(coding)).await.unwrap();
+                        black_box(response.into_body().collect().await.unwrap().to_bytes());
+                    }),
+                    _ => runtime.block_on(async {
+                        let response = peer.clone().oneshot(request(coding)).await.unwrap();
+                        black_box(response.into_body().collect().await.unwrap().to_bytes());
+                    }),
+                }
+                times[contestant].push(now() - start);
+            }
+        }
+        let [raw_t, ours_t, peer_t] = times.map(|mut t| {
+            t.sort();
+            t[t.len() / 2]
+        });
+        let mbps = |t: Duration| data.len() as f64 / t.as_secs_f64() / 1e6;
+        println!(
+            "{coding}: raw {:.1}, tower-toolbox {:.1} ({:.1}% of raw), tower-http {:.1} \
+             (tower-toolbox / tower-http = {:.3})",
+            mbps(raw_t),
+            mbps(ours_t),
+            100.0 * raw_t.as_secs_f64() / ours_t.as_secs_f64(),
+            mbps(peer_t),
+            peer_t.as_secs_f64() / ours_t.as_secs_f64(),
         );
     }
 

@@ -167,6 +167,7 @@ impl Encoder {
     /// An encoder for `coding` at the precise `level`, or `None` when the coding's
     /// feature is off.
     pub(crate) fn new(coding: Coding, level: i32) -> Option<Encoder> {
+        // Unused when no coding feature is on.
         let _ = level;
         match coding {
             #[cfg(feature = "compression-zstd")]

@@ -98,9 +98,17 @@
 //! Requests without `Content-Encoding` (or with `identity`) pass through untouched
 //! and unbuffered. zstd frames may not ask for a window over 8 MiB (RFC 8878).
 //!
-//! // Limitation: a decoded body is handed on whole, so request trailers of a
-//! // compressed body are dropped, and a body encoded twice (`gzip, br`) is
-//! // refused with 415.
+//! # Limitations
+//!
+//! - A compressed request body is decoded whole, into memory (at most
+//!   [`max_size`](RequestDecompressionLayer::max_size) bytes), before the inner
+//!   service is called; its trailers are dropped.
+//! - A request body encoded twice (`Content-Encoding: gzip, br`) is refused with
+//!   415, and a `deflate` body in raw DEFLATE rather than the zlib format that HTTP
+//!   specifies is refused as corrupt (400).
+//! - A response to `HEAD` does not announce the `Content-Encoding` a `GET` would get.
+//! - Reading ahead a streamed body of unknown length to check the minimum size costs
+//!   one allocation for that response.
 //!
 //! # Codings and their backends
 //!

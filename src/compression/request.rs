@@ -331,7 +331,8 @@ where
                                 break decoder.finish().map_err(|r| too_large(&r));
                             }
                         };
-                        // Request trailers are dropped: the body is handed on whole.
+                        // Limitation: request trailers are dropped; the decoded body is
+                        // handed on whole, as one frame.
                         if let Ok(data) = frame.into_data() {
                             let decoder = decoder.as_mut().expect("decoder present");
                             if let Err(refusal) = decoder.feed(&data) {
