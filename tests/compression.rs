@@ -538,3 +538,101 @@ async fn an_inner_body_error_reaches_the_client_as_the_inner_error() {
         tower_toolbox::compression::BodyError::Inner(Broken)
     ));
 }
+
+#[tokio::test]
+async fn frames_ready_together_are_compressed_together_not_flushed_one_by_one() {
+    let chunk = json_body(100);
+    let expected = chunk.repeat(200);
+    let service = CompressionLayer::new().layer(service_fn(move |_: Request<()>| {
+        let frames = (0..200)
+            .map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(chunk.clone()))))
+            .collect();
+        let response = Response::builder()
+            .header(CONTENT_TYPE, "application/x-ndjson")
+            .body(codecs::Frames::new(frames))
+            .unwrap();
+        async move { Ok::<_, Infallible>(response) }
+    }));
+    let response = service.oneshot(get("gzip")).await.unwrap();
+    let mut body = response.into_body();
+    let mut frames = 0;
+    let mut compressed = Vec::new();
+    while let Some(frame) = body.frame().await {
+        compressed.extend_from_slice(&frame.unwrap().into_data().unwrap());
+        frames += 1;
+    }
+    // Nothing was pending, so nothing was flushed early: one frame of output.
+    assert_eq!(frames, 1);
+    assert_eq!(
+        codecs::decode(Coding::Gzip, &compressed),
+        expected.as_bytes()
+    );
+}
+
+#[tokio::test]
+async fn a_stream_with_nothing_ready_gets_its_head_at_once_compressed() {
+    let (events, body) = codecs::ChannelBody::new();
+    let body = std::sync::Mutex::new(Some(body));
+    let service = CompressionLayer::new().layer(service_fn(move |_: Request<()>| {
+        let body = body.lock().unwrap().take().unwrap();
+        let response = Response::builder()
+            .header(CONTENT_TYPE, "text/event-stream")
+            .body(body)
+            .unwrap();
+        async move { Ok::<_, Infallible>(response) }
+    }));
+    // The head does not wait for the first event.
+    let response = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        service.oneshot(get("br")),
+    )
+    .await
+    .expect("the head is not held back")
+    .unwrap();
+    assert_eq!(response.headers()[CONTENT_ENCODING], "br");
+
+    let mut body = response.into_body();
+    let mut decoder = codecs::StreamDecoder::new(Coding::Brotli);
+    events
+        .send(Frame::data(Bytes::from_static(b"data: first\n\n")))
+        .unwrap();
+    let chunk = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(decoder.push(&chunk), b"data: first\n\n");
+    events
+        .send(Frame::data(Bytes::from_static(b"data: second\n\n")))
+        .unwrap();
+    let chunk = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(decoder.push(&chunk), b"data: first\n\ndata: second\n\n");
+    drop(events);
+    while let Some(frame) = body.frame().await {
+        decoder.push(&frame.unwrap().into_data().unwrap());
+    }
+}
+
+#[tokio::test]
+async fn the_layer_uses_its_configured_preference() {
+    let body = json_body(4_000);
+    let layer = CompressionLayer::new().preference(Preference::new([Coding::Gzip, Coding::Brotli]));
+    let response = through(layer.clone(), get("br, gzip, zstd"), json_response(&body)).await;
+    assert_eq!(response.headers()[CONTENT_ENCODING], "gzip");
+    let response = through(layer, get("zstd"), json_response(&body)).await;
+    assert!(response.headers().get(CONTENT_ENCODING).is_none());
+}
+
+#[tokio::test]
+async fn an_identity_content_encoding_is_replaced_by_the_coding() {
+    let body = json_body(4_000);
+    let mut response = json_response(&body);
+    response
+        .headers_mut()
+        .insert(CONTENT_ENCODING, HeaderValue::from_static("identity"));
+    let response = through(CompressionLayer::new(), get("deflate"), response).await;
+    let values: Vec<_> = response
+        .headers()
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .collect();
+    assert_eq!(values, ["deflate"]);
+    let (_, bytes) = body_bytes(response).await;
+    assert_eq!(codecs::decode(Coding::Deflate, &bytes), body.as_bytes());
+}
