@@ -67,6 +67,7 @@ async fn serve(senders: Senders) -> SocketAddr {
             post(|body: Bytes| async move { format!("received {} bytes", body.len()) }),
         )
         .route("/pkg.Echo/Call", post(grpc_echo))
+        .route("/report", get(report_with_trailers))
         .layer(CompressionLayer::new())
         .layer(RequestDecompressionLayer::new());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -84,6 +85,20 @@ async fn grpc_echo(body: Bytes) -> Response<AxumBody> {
         vec![Ok(Frame::data(body)), Ok(Frame::trailers(trailers))];
     Response::builder()
         .header(CONTENT_TYPE, "application/grpc")
+        .body(AxumBody::new(support::Frames::new(frames)))
+        .unwrap()
+}
+
+/// A text report whose checksum follows in the trailers.
+async fn report_with_trailers() -> Response<AxumBody> {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-checksum", HeaderValue::from_static("sha256=abc"));
+    let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+        Ok(Frame::data(Bytes::from(items()))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    Response::builder()
+        .header(CONTENT_TYPE, "text/plain")
         .body(AxumBody::new(support::Frames::new(frames)))
         .unwrap()
 }
@@ -239,4 +254,29 @@ async fn a_tonic_client_is_answered_uncompressed_through_the_layer() {
 
     assert!(response.metadata().get("content-encoding").is_none());
     assert_eq!(response.into_inner(), message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_arrive_after_the_compressed_body_over_http2() {
+    let (senders, _) = mpsc::unbounded_channel();
+    let addr = serve(senders).await;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+
+    let request = Request::get(format!("http://{addr}/report"))
+        .header("accept-encoding", "zstd")
+        .header("te", "trailers")
+        .body(Full::default())
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.headers()[CONTENT_ENCODING], "zstd");
+    let collected = response.into_body().collect().await.unwrap();
+    assert_eq!(
+        collected.trailers().expect("trailers")["x-checksum"],
+        "sha256=abc"
+    );
+    let body = collected.to_bytes();
+    assert_eq!(support::decode(Coding::Zstd, &body), items().as_bytes());
 }

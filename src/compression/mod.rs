@@ -63,6 +63,9 @@
 //! statuses without content (1xx, 204, 304), partial content (206 or any
 //! `Content-Range`), responses that already have a `Content-Encoding`, and gRPC
 //! requests and responses (`application/grpc*`; gRPC compresses each message itself).
+//! `Cache-Control: no-transform` is not consulted: it binds intermediaries (RFC
+//! 9111, section 5.2.2.6; RFC 9110, section 7.7), and this layer is part of the
+//! origin server; use a [`Predicate`] to honour it.
 //!
 //! **Headers** of a compressed response: `Content-Encoding` is set,
 //! `Content-Length` and `Accept-Ranges` are removed, and a strong `ETag` becomes
