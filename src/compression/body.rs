@@ -272,16 +272,28 @@ impl Encoding {
             return Ok(());
         }
         self.unflushed = true;
-        self.encoder.encode(data, &mut self.scratch, &mut self.out)
+        let result = self.encoder.encode(data, &mut self.scratch, &mut self.out);
+        self.end_on_error(result)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         self.unflushed = false;
-        self.encoder.flush(&mut self.scratch, &mut self.out)
+        let result = self.encoder.flush(&mut self.scratch, &mut self.out);
+        self.end_on_error(result)
     }
 
     fn finish(&mut self) -> io::Result<()> {
-        self.encoder.finish(&mut self.scratch, &mut self.out)
+        let result = self.encoder.finish(&mut self.scratch, &mut self.out);
+        self.end_on_error(result)
+    }
+
+    /// An encoder that failed is not used again: the body ends after the error.
+    fn end_on_error(&mut self, result: io::Result<()>) -> io::Result<()> {
+        if result.is_err() {
+            self.phase = Phase::Done;
+            self.out.clear();
+        }
+        result
     }
 
     fn take(&mut self) -> Option<Bytes> {
