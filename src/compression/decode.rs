@@ -157,7 +157,7 @@ fn corrupt(error: std::io::Error) -> Refusal {
     Refusal::Corrupt(error.to_string())
 }
 
-#[cfg(test)]
+#[cfg(all(test, any(feature = "compression-gzip", feature = "compression-zstd")))]
 mod tests {
     use super::*;
 
