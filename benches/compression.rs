@@ -230,7 +230,8 @@ fn compression(c: &mut Criterion) {
         );
     }
 
-    let backends: [fn(&[u8]) -> Vec<u8>; 2] = [deflate_zlib_rs, deflate_miniz_oxide];
+    type Backend = fn(&[u8]) -> Vec<u8>;
+    let backends: [Backend; 2] = [deflate_zlib_rs, deflate_miniz_oxide];
     let mut times: [Vec<Duration>; 2] = Default::default();
     for round in 0..31 {
         for turn in 0..2 {
