@@ -10,6 +10,7 @@
 //! | module | feature | what it does |
 //! |---|---|---|
 //! | `rate_limit` | `rate-limit` | token bucket (GCRA) and leaky bucket quotas per key, with the IETF `RateLimit` headers |
+//! | `compression` | `compression-gzip`, `-deflate`, `-br`, `-zstd` (`compression-full`) | negotiated response compression that flushes streams, and request decompression with size and ratio limits |
 //!
 //! # Shared building blocks
 //!
@@ -38,6 +39,8 @@
 
 pub mod body;
 pub mod clock;
+#[cfg(feature = "compression")]
+pub mod compression;
 pub mod key;
 #[cfg(feature = "rate-limit")]
 pub mod rate_limit;

@@ -5,6 +5,8 @@
 //! what the layer did. Needs no configuration and no network; exits 0.
 
 mod basics;
+#[cfg(feature = "compression-gzip")]
+mod compression;
 mod rate_limit;
 
 use std::net::SocketAddr;
@@ -25,6 +27,8 @@ async fn main() {
 
     basics::run().await;
     rate_limit::run().await;
+    #[cfg(feature = "compression-gzip")]
+    compression::run().await;
 
     println!(
         "\nTour finished in {:.1} s.",
