@@ -76,7 +76,7 @@
 //! Limitation: under a flood of distinct keys beyond the cap, the keys evicted last
 //! are the busiest ones, but an evicted key starts again with a full bucket.
 //!
-//! With the `redis` feature, [`Builder::redis`] keeps the state in Redis, shared by
+//! With the `redis` feature, `Builder::redis` keeps the state in Redis, shared by
 //! every instance with the same store prefix: one script call per decision for all
 //! quotas of the key, Redis's own clock, a hash-tagged key per client (Redis
 //! Cluster safe) that expires when its buckets are full, and a local memory of

@@ -1,7 +1,7 @@
 //! Where stateful layers keep their state.
 //!
 //! Every stateful layer keeps its state in memory by default, bounded in size, with
-//! no setup. With the `redis` feature a [`RedisStore`] lets a fleet of instances
+//! no setup. With the `redis` feature a `RedisStore` lets a fleet of instances
 //! share one quota, one cache or one idempotency record:
 //!
 //! - one round trip per decision (scripts loaded once and run by hash);
