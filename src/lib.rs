@@ -10,6 +10,7 @@
 //! | module | feature | what it does |
 //! |---|---|---|
 //! | `rate_limit` | `rate-limit` | token bucket (GCRA) and leaky bucket quotas per key, with the IETF `RateLimit` headers |
+//! | [`cache`] | `cache` | an RFC 9111 response cache (in memory or Redis) with revalidation, request collapsing and an `ETag` layer |
 //!
 //! # Shared building blocks
 //!
@@ -37,6 +38,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod body;
+#[cfg(feature = "cache")]
+pub mod cache;
 pub mod clock;
 pub mod key;
 pub mod reject;
