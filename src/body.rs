@@ -123,14 +123,14 @@ pin_project! {
 
 impl<F> ResponseFuture<F> {
     /// Waits for the inner service's response.
-    pub(crate) fn inner(future: F) -> Self {
+    pub fn inner(future: F) -> Self {
         ResponseFuture {
             state: State::Inner { future },
         }
     }
 
     /// Answers with `response` without calling the inner service.
-    pub(crate) fn ready(response: Response<Bytes>) -> Self {
+    pub fn ready(response: Response<Bytes>) -> Self {
         ResponseFuture {
             state: State::Ready {
                 response: Some(response),

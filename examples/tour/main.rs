@@ -86,6 +86,12 @@ pub struct HttpClient {
 
 impl HttpClient {
     pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
         HttpClient {
             http1: Client::builder(TokioExecutor::new()).build_http(),
             http2: Client::builder(TokioExecutor::new())
@@ -93,7 +99,9 @@ impl HttpClient {
                 .build_http(),
         }
     }
+}
 
+impl HttpClient {
     /// Sends `request` and reads the whole response.
     pub async fn send(&self, request: Request<Full<Bytes>>) -> Seen {
         let client = if request.version() == http::Version::HTTP_2 {

@@ -48,6 +48,7 @@ pub(crate) struct Entry {
 
 impl Entry {
     /// Builds an entry from a response head and its complete body.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         status: StatusCode,
         version: Version,
@@ -118,6 +119,7 @@ impl Entry {
     }
 
     /// Rebuilds an entry from its stored parts (a remote store).
+    #[cfg(feature = "redis")]
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn from_parts(
         status: StatusCode,

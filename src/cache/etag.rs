@@ -214,7 +214,11 @@ where
                                 let trailers = frame.into_trailers().ok();
                                 return Poll::Ready(Ok(Response::from_parts(
                                     head,
-                                    EtagBody::partial(read, trailers, body.take().expect("body taken once")),
+                                    EtagBody::partial(
+                                        read,
+                                        trailers,
+                                        body.take().expect("body taken once"),
+                                    ),
                                 )));
                             }
                         }
@@ -230,8 +234,9 @@ where
                             let mut head = head.take().expect("head taken once");
                             let content = std::mem::take(buffer).freeze();
                             let tag = strong_etag(&content);
-                            let matched = conditional::not_modified(if_none_match, Some(&tag), None)
-                                && if_none_match.contains_key(IF_NONE_MATCH);
+                            let matched =
+                                conditional::not_modified(if_none_match, Some(&tag), None)
+                                    && if_none_match.contains_key(IF_NONE_MATCH);
                             head.headers.insert(ETAG, tag);
                             if matched {
                                 head.status = StatusCode::NOT_MODIFIED;

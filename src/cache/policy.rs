@@ -212,7 +212,10 @@ mod tests {
 
     #[test]
     fn corrected_initial_age_takes_the_larger_estimate() {
-        let map = headers(&[(DATE, "Thu, 01 Jan 1970 00:00:10 GMT"), (http::header::AGE, "3")]);
+        let map = headers(&[
+            (DATE, "Thu, 01 Jan 1970 00:00:10 GMT"),
+            (http::header::AGE, "3"),
+        ]);
         let request = UNIX_EPOCH + Duration::from_secs(11);
         let response = UNIX_EPOCH + Duration::from_secs(12);
         // apparent 2 s, corrected 3 + 1 = 4 s

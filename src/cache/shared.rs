@@ -84,9 +84,9 @@ impl<C> fmt::Debug for Shared<C> {
 
 impl<C: Clock> Shared<C> {
     pub(crate) fn new(config: Config, clock: C) -> Self {
-        let wall_origin = config.wall_origin.unwrap_or_else(|| {
-            SystemTime::now() - Duration::from_nanos(clock.now().as_nanos())
-        });
+        let wall_origin = config
+            .wall_origin
+            .unwrap_or_else(|| SystemTime::now() - Duration::from_nanos(clock.now().as_nanos()));
         let hit_for_miss = moka::sync::Cache::builder()
             .max_capacity(10_000)
             .time_to_live(config.hit_for_miss.max(Duration::from_nanos(1)))
@@ -128,7 +128,11 @@ impl<C: Clock> Shared<C> {
         key.push_str(scheme);
         key.push_str("://");
         key.extend(authority.chars().map(|c| c.to_ascii_lowercase()));
-        key.push_str(if uri.path().is_empty() { "/" } else { uri.path() });
+        key.push_str(if uri.path().is_empty() {
+            "/"
+        } else {
+            uri.path()
+        });
         if let Some(query) = uri.query() {
             key.push('?');
             if self.config.normalize_query {
@@ -360,8 +364,8 @@ impl<C: Clock> Shared<C> {
                 || cc.stale_while_revalidate.is_present()
                 || cc.stale_if_error.is_present();
         }
-        let too_large = content_length(&parts.headers)
-            .is_some_and(|len| len > self.config.max_body as u64);
+        let too_large =
+            content_length(&parts.headers).is_some_and(|len| len > self.config.max_body as u64);
         if !store || too_large {
             tracing::trace!(%key, status = %parts.status, too_large, "not stored");
             if !request_cc.no_store && method == Method::GET {
@@ -383,15 +387,18 @@ impl<C: Clock> Shared<C> {
             response_time,
             leader,
         });
-        Response::from_parts(
-            parts,
-            TeeBody::tee(body, self.config.max_body, completion),
-        )
+        Response::from_parts(parts, TeeBody::tee(body, self.config.max_body, completion))
     }
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+    headers
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Stores a teed response once its body has ended.

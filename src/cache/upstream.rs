@@ -85,7 +85,9 @@ where
         && !shared.is_hit_for_miss(&key);
     if collapse {
         match shared.inflight.join(&key) {
-            Role::Leader(leader) => return lead(shared, inner, request, key, request_cc, leader).await,
+            Role::Leader(leader) => {
+                return lead(shared, inner, request, key, request_cc, leader).await;
+            }
             Role::Waiter(receiver) => {
                 if wait(&shared, receiver).await == Outcome::Stored {
                     if let Some(entry) = shared.memory.get(&key, request.headers()) {
@@ -219,9 +221,7 @@ where
     let request_time = shared.now();
     tracing::trace!(%key, "cache revalidate");
     match call(inner, request).await {
-        Ok(response)
-            if response.status() == StatusCode::NOT_MODIFIED && entry.has_validator() =>
-        {
+        Ok(response) if response.status() == StatusCode::NOT_MODIFIED && entry.has_validator() => {
             let response_time = shared.now();
             let fresh = Arc::new(entry.freshen(
                 response.headers(),

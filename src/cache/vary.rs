@@ -28,11 +28,13 @@ impl Vary {
     }
 
     /// Rebuilds a secondary key from stored parts.
+    #[cfg(feature = "redis")]
     pub(crate) fn from_fields(fields: Vec<(HeaderName, Option<String>)>) -> Self {
         Vary { fields }
     }
 
     /// The stored parts.
+    #[cfg(feature = "redis")]
     pub(crate) fn fields(&self) -> &[(HeaderName, Option<String>)] {
         &self.fields
     }
