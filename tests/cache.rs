@@ -313,6 +313,23 @@ static CASES: &[Case] = &[
         ],
     },
     Case {
+        name: "request no-store: the response is not stored",
+        mode: SHARED,
+        status: 200,
+        response: &[("cache-control", "max-age=60")],
+        steps: &[
+            with(
+                &[("cache-control", "no-store")],
+                step(0, 200, "v1", None, 1),
+            ),
+            step(1, 200, "v2", None, 2),
+            with(
+                &[("cache-control", "no-store")],
+                step(1, 200, "v2", Some("1"), 2),
+            ),
+        ],
+    },
+    Case {
         name: "only-if-cached with nothing stored is a 504",
         mode: SHARED,
         status: 200,

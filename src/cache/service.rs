@@ -118,7 +118,7 @@ where
                         shared.clone(),
                         inner,
                         Request::from_parts(parts, body),
-                        key,
+                        Arc::from(key),
                         entry,
                     );
                     return ResponseFuture::ready(response);
@@ -137,7 +137,7 @@ where
             shared.clone(),
             inner,
             Request::from_parts(parts, body),
-            key,
+            Arc::from(key),
             request_cc,
             stale,
         )))

@@ -110,7 +110,7 @@ impl<C: Clock> Shared<C> {
 
     /// The primary key of a request: scheme, authority, path, query, and the
     /// hook's addition. `None` when the hook declines the request.
-    pub(crate) fn key(&self, parts: &Parts) -> Option<Arc<str>> {
+    pub(crate) fn key(&self, parts: &Parts) -> Option<String> {
         let authority = parts
             .uri
             .authority()
@@ -121,7 +121,7 @@ impl<C: Clock> Shared<C> {
         self.key_for(scheme, authority, &parts.uri, parts)
     }
 
-    fn key_for(&self, scheme: &str, authority: &str, uri: &Uri, parts: &Parts) -> Option<Arc<str>> {
+    fn key_for(&self, scheme: &str, authority: &str, uri: &Uri, parts: &Parts) -> Option<String> {
         let mut key = String::with_capacity(
             scheme.len() + authority.len() + uri.path().len() + uri.query().map_or(0, str::len) + 8,
         );
@@ -147,7 +147,7 @@ impl<C: Clock> Shared<C> {
             key.push('\n');
             key.push_str(&hook(parts)?);
         }
-        Some(Arc::from(key))
+        Some(key)
     }
 
     /// What the stored `entry`, now `age` old, may be used for by a request with
@@ -239,7 +239,7 @@ impl<C: Clock> Shared<C> {
     }
 
     /// Forgets every stored response for `key` in every tier.
-    pub(crate) fn invalidate(self: &Arc<Self>, key: &Arc<str>) {
+    pub(crate) fn invalidate(self: &Arc<Self>, key: &str) {
         tracing::debug!(%key, "cache invalidate");
         self.memory.invalidate(key);
         #[cfg(feature = "redis")]
