@@ -80,7 +80,8 @@ where
         let method = request.method();
 
         if !policy::request_is_cacheable(method, request.headers()) {
-            if is_safe(method) {
+            // gRPC calls are `POST`s that change nothing a cache holds.
+            if is_safe(method) || crate::reject::is_grpc(request.headers()) {
                 return ResponseFuture::pass(self.inner.call(request));
             }
             let inner = self.take_inner();

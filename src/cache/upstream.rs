@@ -75,6 +75,9 @@ where
         let (parts, _) = request.into_parts();
         return Ok(ready(shared.only_if_cached(&parts)));
     }
+    // Limitation: revalidations are not collapsed; concurrent requests for one
+    // stale entry each ask the origin (conditionally, so each answer is small).
+    // `stale-while-revalidate` avoids this where the origin allows it.
     if let Some(entry) = stale {
         return revalidate(shared, inner, request, key, request_cc, entry).await;
     }
