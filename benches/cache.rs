@@ -11,6 +11,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
@@ -72,6 +73,32 @@ fn origin(
     })
 }
 
+/// Like [`origin`], but every response gets its own copy of the body, as from
+/// the network.
+fn fresh_origin(
+    size: usize,
+) -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>>
+             + Send
+             + 'static,
+> + Clone
++ Send
++ Sync
++ 'static {
+    tower::service_fn(move |_: Request<Full<Bytes>>| async move {
+        Ok::<_, Infallible>(
+            Response::builder()
+                .header("cache-control", CACHE_CONTROL)
+                .header("content-type", "application/octet-stream")
+                .body(Full::new(Bytes::from(vec![b'x'; size])))
+                .unwrap(),
+        )
+    })
+}
+
 fn request(path: &str) -> Request<Full<Bytes>> {
     Request::get(format!("http://bench.test{path}"))
         .body(Full::new(Bytes::new()))
@@ -118,6 +145,38 @@ fn hit(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("tower-toolbox", &label), |b| {
             b.to_async(&rt).iter(|| {
                 let mut service = ours.clone();
+                let request = Request::from_parts(parts.clone(), Full::new(Bytes::new()));
+                async move { drain(service.call(request).await.unwrap()).await }
+            })
+        });
+
+        // The same hit, polled once with no runtime: the layer's own cost.
+        group.bench_function(
+            BenchmarkId::new("tower-toolbox, polled once", &label),
+            |b| {
+                let waker = std::task::Waker::noop();
+                let mut cx = std::task::Context::from_waker(waker);
+                b.iter(|| {
+                    let mut service = ours.clone();
+                    let request = Request::from_parts(parts.clone(), Full::new(Bytes::new()));
+                    let mut future = std::pin::pin!(service.call(request));
+                    let std::task::Poll::Ready(Ok(response)) = future.as_mut().poll(&mut cx) else {
+                        panic!("a hit is ready at once");
+                    };
+                    let mut body = std::pin::pin!(response.into_body());
+                    match http_body::Body::poll_frame(body.as_mut(), &mut cx) {
+                        std::task::Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap().len(),
+                        _ => panic!("a hit's body is ready at once"),
+                    }
+                })
+            },
+        );
+
+        // The harness alone: the origin called directly, same request.
+        let bare = origin(size);
+        group.bench_function(BenchmarkId::new("origin alone, no cache", &label), |b| {
+            b.to_async(&rt).iter(|| {
+                let mut service = bare.clone();
                 let request = Request::from_parts(parts.clone(), Full::new(Bytes::new()));
                 async move { drain(service.call(request).await.unwrap()).await }
             })
@@ -183,7 +242,7 @@ fn report() {
         const ENTRIES: usize = 10_000;
         const BODY: usize = 1024;
         let layer = CacheLayer::new();
-        let service = layer.layer(origin(BODY));
+        let service = layer.layer(fresh_origin(BODY));
         // One stored response first, so lazily built state is not counted.
         drain(service.clone().oneshot(request("/warm")).await.unwrap()).await;
         let requests: Vec<_> = (0..ENTRIES).map(|i| request(&format!("/entry/{i:06}"))).collect();
@@ -202,6 +261,7 @@ fn report() {
             + "date".len()
             + "Thu, 01 Jan 2026 00:00:00 GMT".len();
         let content = BODY + key_len + header_bytes;
+        assert!(stats.bytes > 0);
         let per_entry = (after - before) as f64 / ENTRIES as f64;
         eprintln!(
             "memory: {per_entry:.0} B live per stored entry, of which {content} B content \

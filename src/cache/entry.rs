@@ -60,6 +60,7 @@ impl Entry {
         freshness: &Freshness,
     ) -> Self {
         strip_hop_by_hop(&mut headers);
+        let headers = compact(headers);
         let vary = Vary::new(&headers, request_headers);
         Self::with_times(
             status,
@@ -266,6 +267,22 @@ impl Entry {
         headers.insert(AGE, HeaderValue::from(age.as_secs()));
         response
     }
+}
+
+/// The same fields in a map sized to them: a stored map lives long, and one
+/// grown while parsing may hold several times the slots it uses.
+fn compact(headers: HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    let mut last: Option<HeaderName> = None;
+    for (name, value) in headers {
+        if let Some(name) = name {
+            last = Some(name);
+        }
+        if let Some(name) = &last {
+            out.append(name.clone(), value);
+        }
+    }
+    out
 }
 
 /// Removes the hop-by-hop fields from `headers`: `Connection` and every field it
