@@ -142,10 +142,17 @@ where
                     return Poll::Ready(None);
                 };
                 let polled = body.as_mut().poll_frame(cx);
+                let ended = body.is_end_stream();
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(data) = frame.data_ref() {
                             tee.keep(data);
+                        }
+                        // Servers stop polling once the body says it has ended, so
+                        // the end may never be seen as `None`: store now.
+                        if ended {
+                            tee.body = None;
+                            tee.finish(true);
                         }
                     }
                     Poll::Ready(Some(Err(_))) => tee.finish(false),
@@ -230,4 +237,48 @@ where
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+    use std::sync::{Arc, Mutex};
+
+    struct Record(Arc<Mutex<Option<Option<Bytes>>>>);
+
+    impl Completion for Record {
+        fn complete(self: Box<Self>, body: Option<Bytes>) {
+            *self.0.lock().unwrap() = Some(body);
+        }
+    }
+
+    #[tokio::test]
+    async fn stores_when_the_body_says_it_ended_without_a_final_poll() {
+        let seen = Arc::new(Mutex::new(None));
+        let mut body = TeeBody::tee(
+            Full::new(Bytes::from_static(b"abc")),
+            16,
+            Box::new(Record(seen.clone())),
+        );
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "abc");
+        assert!(body.is_end_stream());
+        assert_eq!(
+            *seen.lock().unwrap(),
+            Some(Some(Bytes::from_static(b"abc")))
+        );
+    }
+
+    #[tokio::test]
+    async fn gives_the_copy_up_past_the_limit_but_streams_everything() {
+        let seen = Arc::new(Mutex::new(None));
+        let body = TeeBody::tee(
+            Full::new(Bytes::from_static(b"abcdef")),
+            4,
+            Box::new(Record(seen.clone())),
+        );
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "abcdef");
+        assert_eq!(*seen.lock().unwrap(), Some(None));
+    }
 }

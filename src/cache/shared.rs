@@ -368,7 +368,12 @@ impl<C: Clock> Shared<C> {
             content_length(&parts.headers).is_some_and(|len| len > self.config.max_body as u64);
         if !store || too_large {
             tracing::trace!(%key, status = %parts.status, too_large, "not stored");
-            if !request_cc.no_store && method == Method::GET {
+            // Not for a 304 to the client's own conditional: the URL may well be
+            // cacheable.
+            if !request_cc.no_store
+                && method == Method::GET
+                && parts.status != StatusCode::NOT_MODIFIED
+            {
                 self.hit_for_miss.insert(key, ());
             }
             if let Some(leader) = leader {
