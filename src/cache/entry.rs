@@ -240,7 +240,7 @@ impl Entry {
         *response.status_mut() = self.status;
         *response.version_mut() = self.version;
         let mut headers = self.headers.clone();
-        headers.insert(AGE, HeaderValue::from(age.as_secs()));
+        headers.insert(AGE, age_value(age));
         *response.headers_mut() = headers;
         response
     }
@@ -264,8 +264,26 @@ impl Entry {
                 headers.append(name.clone(), value.clone());
             }
         }
-        headers.insert(AGE, HeaderValue::from(age.as_secs()));
+        headers.insert(AGE, age_value(age));
         response
+    }
+}
+
+/// `Age` in whole seconds; the first hundred without allocating.
+fn age_value(age: Duration) -> HeaderValue {
+    const SMALL: [&str; 100] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+        "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31",
+        "32", "33", "34", "35", "36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "46",
+        "47", "48", "49", "50", "51", "52", "53", "54", "55", "56", "57", "58", "59", "60", "61",
+        "62", "63", "64", "65", "66", "67", "68", "69", "70", "71", "72", "73", "74", "75", "76",
+        "77", "78", "79", "80", "81", "82", "83", "84", "85", "86", "87", "88", "89", "90", "91",
+        "92", "93", "94", "95", "96", "97", "98", "99",
+    ];
+    let secs = age.as_secs();
+    match usize::try_from(secs).ok().and_then(|i| SMALL.get(i)) {
+        Some(text) => HeaderValue::from_static(text),
+        None => HeaderValue::from(secs),
     }
 }
 

@@ -75,16 +75,15 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let shared = self.shared.clone();
-        let shared = &shared;
+        let Cache { inner, shared } = self;
         let method = request.method();
 
         if !policy::request_is_cacheable(method, request.headers()) {
             // gRPC calls are `POST`s that change nothing a cache holds.
             if is_safe(method) || crate::reject::is_grpc(request.headers()) {
-                return ResponseFuture::pass(self.inner.call(request));
+                return ResponseFuture::pass(inner.call(request));
             }
-            let inner = self.take_inner();
+            let inner = take_ready(inner);
             let shared = shared.clone();
             return ResponseFuture::upstream(Box::pin(upstream::unsafe_request(
                 shared, inner, request,
@@ -93,7 +92,7 @@ where
 
         let (parts, body) = request.into_parts();
         let Some(key) = shared.key(&parts) else {
-            return ResponseFuture::pass(self.inner.call(Request::from_parts(parts, body)));
+            return ResponseFuture::pass(inner.call(Request::from_parts(parts, body)));
         };
         let request_cc = CacheControl::parse_request(&parts.headers);
 
@@ -111,7 +110,7 @@ where
                 }
                 Use::ServeAndRefresh => {
                     let response = shared.serve(&entry, age, &parts.method, &parts.headers);
-                    let inner = self.take_inner();
+                    let inner = take_ready(inner);
                     let mut parts = parts;
                     // Refresh with a `GET` even when a `HEAD` found the entry.
                     parts.method = Method::GET;
@@ -133,7 +132,7 @@ where
             return ResponseFuture::ready(shared.only_if_cached(&parts));
         }
 
-        let inner = self.take_inner();
+        let inner = take_ready(inner);
         ResponseFuture::upstream(Box::pin(upstream::miss(
             shared.clone(),
             inner,
@@ -145,12 +144,10 @@ where
     }
 }
 
-impl<S: Clone, C> Cache<S, C> {
-    /// The service that was driven to readiness, leaving a fresh clone in its place.
-    fn take_inner(&mut self) -> S {
-        let clone = self.inner.clone();
-        std::mem::replace(&mut self.inner, clone)
-    }
+/// The service that was driven to readiness, leaving a fresh clone in its place.
+fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
 }
 
 fn is_safe(method: &Method) -> bool {

@@ -127,7 +127,11 @@ impl<C: Clock> Shared<C> {
         );
         key.push_str(scheme);
         key.push_str("://");
-        key.extend(authority.chars().map(|c| c.to_ascii_lowercase()));
+        if authority.bytes().any(|b| b.is_ascii_uppercase()) {
+            key.extend(authority.chars().map(|c| c.to_ascii_lowercase()));
+        } else {
+            key.push_str(authority);
+        }
         key.push_str(if uri.path().is_empty() {
             "/"
         } else {
