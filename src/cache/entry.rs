@@ -96,6 +96,10 @@ impl Entry {
             freshness.max_heuristic,
         );
         let initial_age = policy::corrected_initial_age(&headers, request_time, response_time);
+        // Stored with its `Age` field, so a hit replaces the value in place instead
+        // of growing a copy of the map.
+        let mut headers = headers;
+        headers.insert(AGE, age_value(initial_age));
         let shared = freshness.mode == Mode::Shared;
         Entry {
             status,
@@ -154,6 +158,8 @@ impl Entry {
         freshness: &Freshness,
     ) -> Self {
         let mut headers = self.headers.clone();
+        // The age starts again from what the 304 says.
+        headers.remove(AGE);
         let mut update = not_modified.clone();
         strip_hop_by_hop(&mut update);
         for name in [CONTENT_LENGTH, CONTENT_ENCODING, CONTENT_RANGE] {

@@ -142,8 +142,8 @@ pub(crate) fn freshness_lifetime(
 }
 
 /// The age of a response when it arrived (RFC 9111 4.2.3): the larger of the
-/// apparent age (`response_time - Date`) and the `Age` it carried plus the time
-/// the request took.
+/// apparent age (`response_time - Date`) and the `Age` it carried (zero when
+/// absent or invalid) plus the time the request took.
 pub(crate) fn corrected_initial_age(
     headers: &HeaderMap,
     request_time: SystemTime,
@@ -155,8 +155,7 @@ pub(crate) fn corrected_initial_age(
     let delay = response_time
         .duration_since(request_time)
         .unwrap_or(Duration::ZERO);
-    let corrected = directives::parse_age(headers)
-        .map_or(Duration::ZERO, |age| Duration::from_secs(age) + delay);
+    let corrected = Duration::from_secs(directives::parse_age(headers).unwrap_or(0)) + delay;
     apparent.max(corrected)
 }
 
