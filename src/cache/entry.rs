@@ -60,7 +60,6 @@ impl Entry {
         freshness: &Freshness,
     ) -> Self {
         strip_hop_by_hop(&mut headers);
-        let headers = compact(headers);
         let vary = Vary::new(&headers, request_headers);
         Self::with_times(
             status,
@@ -100,6 +99,11 @@ impl Entry {
         // of growing a copy of the map.
         let mut headers = headers;
         headers.insert(AGE, age_value(initial_age));
+        // A clone holds exactly its fields; the map it came from may have grown
+        // several times the slots it uses while being parsed and edited, and a
+        // stored map lives long.
+        #[allow(clippy::redundant_clone)]
+        let headers = headers.clone();
         let shared = freshness.mode == Mode::Shared;
         Entry {
             status,
@@ -291,22 +295,6 @@ fn age_value(age: Duration) -> HeaderValue {
         Some(text) => HeaderValue::from_static(text),
         None => HeaderValue::from(secs),
     }
-}
-
-/// The same fields in a map sized to them: a stored map lives long, and one
-/// grown while parsing may hold several times the slots it uses.
-fn compact(headers: HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(headers.len());
-    let mut last: Option<HeaderName> = None;
-    for (name, value) in headers {
-        if let Some(name) = name {
-            last = Some(name);
-        }
-        if let Some(name) = &last {
-            out.append(name.clone(), value);
-        }
-    }
-    out
 }
 
 /// Removes the hop-by-hop fields from `headers`: `Connection` and every field it
