@@ -236,7 +236,10 @@ impl<C: Clock> Shared<C> {
     /// Stores `entry` under `key` in every tier.
     pub(crate) fn put(self: &Arc<Self>, key: &Arc<str>, entry: Arc<Entry>) {
         tracing::debug!(%key, status = %entry.status, bytes = entry.body.len(), "cache store");
-        self.hit_for_miss.invalidate(key);
+        // A read first: most stores have nothing to undo, and a write costs more.
+        if self.hit_for_miss.contains_key(key) {
+            self.hit_for_miss.invalidate(key);
+        }
         #[cfg(feature = "redis")]
         self.put_remote(key, &entry);
         self.memory.put(key, entry);
