@@ -118,13 +118,26 @@
 //! With the `redis` feature, [`CacheLayer::redis`] adds a Redis tier behind it,
 //! shared by every instance.
 //!
-//! // Limitation: Redis holds one variant per URL (the last stored); other
-//! // variants of a `Vary` response are misses there and live in memory only.
+//! # Limitations
 //!
-//! This module is written by hand: the Rust crates that implement HTTP caching
-//! semantics either buffer whole responses, key without `Vary` normalisation or
-//! lack `stale-while-revalidate`, collapsing and a byte-weighted store; only the
-//! HTTP date parsing comes from `httpdate`.
+//! - Redis holds one variant per URL (the one stored last); other variants of a
+//!   `Vary` response are misses there and live in memory only.
+//! - Revalidations are not collapsed: concurrent requests for one stale response
+//!   each ask the origin (conditionally). `stale-while-revalidate` avoids this
+//!   where the origin allows it.
+//! - `Location` and `Content-Location` are resolved only when absolute or an
+//!   absolute path; other relative references are not invalidated.
+//! - `private` and `no-cache` with field names are treated as the unqualified
+//!   directives (stricter than required).
+//!
+//! # Why written here
+//!
+//! The freshness and storability rules are implemented in this module rather
+//! than taken from a policy crate such as `http-cache-semantics`: the hit path
+//! must decide without allocating or copying, and the layer needs the decisions
+//! themselves (serve, serve and refresh, revalidate, usable on error) to drive
+//! `stale-while-revalidate`, `stale-if-error`, collapsing and hit-for-miss. HTTP
+//! dates are parsed and written by `httpdate`; the store is `moka`.
 
 mod body;
 mod collapse;
