@@ -385,6 +385,38 @@ static CASES: &[Case] = &[
         steps: &[step(0, 200, "v1", None, 1), step(0, 200, "v2", None, 2)],
     },
     Case {
+        name: "an invalid Date is replaced by the arrival time",
+        mode: SHARED,
+        status: 200,
+        response: &[("cache-control", "max-age=60"), ("date", "yesterday-ish")],
+        steps: &[
+            step(0, 200, "v1", None, 1),
+            step(10, 200, "v1", Some("10"), 1),
+            step(50, 200, "v2", None, 2),
+        ],
+    },
+    Case {
+        name: "an invalid Age is ignored",
+        mode: SHARED,
+        status: 200,
+        response: &[("cache-control", "max-age=60"), ("age", "abc")],
+        // The miss passes the origin's response through as it came.
+        steps: &[
+            step(0, 200, "v1", Some("abc"), 1),
+            step(3, 200, "v1", Some("3"), 1),
+        ],
+    },
+    Case {
+        name: "a list-valued Age uses its first member",
+        mode: SHARED,
+        status: 200,
+        response: &[("cache-control", "max-age=60"), ("age", "10, 50")],
+        steps: &[
+            step(0, 200, "v1", Some("10, 50"), 1),
+            step(3, 200, "v1", Some("13"), 1),
+        ],
+    },
+    Case {
         name: "malformed Cache-Control is never stored",
         mode: SHARED,
         status: 200,
