@@ -182,3 +182,77 @@ async fn a_silent_redis_is_a_miss_within_the_timeout() {
         "{elapsed:?}"
     );
 }
+
+#[tokio::test]
+async fn sharing_resumes_when_redis_comes_back() {
+    let mut server = RedisServer::start();
+    let store = RedisStore::open(&server.url())
+        .unwrap()
+        .with_timeout(Duration::from_millis(100))
+        .with_prefix("back");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let a = tower::Layer::layer(
+        &CacheLayer::new().redis(store.clone()),
+        origin("a", calls.clone()),
+    );
+    server.stop();
+    assert_eq!(
+        send(&a, get("en")).await.0,
+        "a1",
+        "down: served from the origin"
+    );
+
+    server.restart();
+    let b = tower::Layer::layer(
+        &CacheLayer::new().redis(store.clone()),
+        origin("b", calls.clone()),
+    );
+    // The first calls after the restart may find the connection still down;
+    // within a few seconds a stored response reaches the other layer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let fr = Request::get("http://shared.test/fresh")
+            .header("accept-language", "en")
+            .body(())
+            .unwrap();
+        a.clone()
+            .oneshot(fr)
+            .await
+            .unwrap()
+            .into_body()
+            .collect()
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let again = Request::get("http://shared.test/fresh")
+            .header("accept-language", "en")
+            .body(())
+            .unwrap();
+        let before = calls.load(Ordering::SeqCst);
+        b.clone()
+            .oneshot(again)
+            .await
+            .unwrap()
+            .into_body()
+            .collect()
+            .await
+            .unwrap();
+        if calls.load(Ordering::SeqCst) == before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Redis sharing never resumed");
+        // Start over with a response `b` has not stored itself.
+        let purge = Request::delete("http://shared.test/fresh")
+            .body(())
+            .unwrap();
+        a.clone().oneshot(purge).await.unwrap();
+        b.clone()
+            .oneshot(
+                Request::delete("http://shared.test/fresh")
+                    .body(())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+}
