@@ -221,6 +221,14 @@ fn miss(c: &mut Criterion) {
             async move { drain(service.oneshot(request).await.unwrap()).await }
         })
     });
+    let uncollapsed = CacheLayer::new().collapse(false).layer(origin(1024));
+    group.bench_function("tower-toolbox, collapsing off", |b| {
+        b.to_async(&rt).iter(|| {
+            let service = uncollapsed.clone();
+            let request = request(&next());
+            async move { drain(service.oneshot(request).await.unwrap()).await }
+        })
+    });
     let peer = rt.block_on(async {
         http_cache_tower::HttpCacheLayer::new(http_cache::MokaManager::default())
             .layer(origin(1024))
