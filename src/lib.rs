@@ -11,6 +11,7 @@
 //! |---|---|---|
 //! | `rate_limit` | `rate-limit` | token bucket (GCRA) and leaky bucket quotas per key, with the IETF `RateLimit` headers |
 //! | `compression` | `compression-gzip`, `-deflate`, `-br`, `-zstd` (`compression-full`) | negotiated response compression that flushes streams, and request decompression with size and ratio limits |
+//! | [`cache`] | `cache` | an RFC 9111 response cache (in memory or Redis) with revalidation, request collapsing and an `ETag` layer |
 //!
 //! # Shared building blocks
 //!
@@ -38,6 +39,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod body;
+#[cfg(feature = "cache")]
+pub mod cache;
 pub mod clock;
 #[cfg(feature = "compression")]
 pub mod compression;

@@ -5,6 +5,8 @@
 //! what the layer did. Needs no configuration and no network; exits 0.
 
 mod basics;
+#[cfg(feature = "cache")]
+mod cache;
 #[cfg(feature = "compression-gzip")]
 mod compression;
 mod rate_limit;
@@ -29,6 +31,8 @@ async fn main() {
     rate_limit::run().await;
     #[cfg(feature = "compression-gzip")]
     compression::run().await;
+    #[cfg(feature = "cache")]
+    cache::run().await;
 
     println!(
         "\nTour finished in {:.1} s.",

@@ -1,0 +1,324 @@
+//! The response cache: hit latency, miss overhead, memory per entry and body
+//! copies, beside `http-cache-tower` (with its in-memory moka manager) in the
+//! same groups.
+//!
+//! `cargo bench --bench cache -- --warm-up-time 1 --measurement-time 3`
+//!
+//! Every contender sees the same origin (a `service_fn` answering
+//! `Cache-Control: max-age=3600` with a fixed body) and the same requests (a
+//! cloned request head, empty body). The memory and copy figures come from a
+//! counting global allocator and are printed before the timings.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, criterion_group};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use tower::{Layer, Service, ServiceExt};
+use tower_toolbox::cache::CacheLayer;
+
+/// Counts live and total allocated bytes.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        ALLOCATED.fetch_add(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const CACHE_CONTROL: &str = "max-age=3600";
+
+fn origin(
+    size: usize,
+) -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>>
+             + Send
+             + 'static,
+> + Clone
++ Send
++ Sync
++ 'static {
+    let body = Bytes::from(vec![b'x'; size]);
+    tower::service_fn(move |_: Request<Full<Bytes>>| {
+        let body = body.clone();
+        async move {
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("cache-control", CACHE_CONTROL)
+                    .header("content-type", "application/octet-stream")
+                    .body(Full::new(body))
+                    .unwrap(),
+            )
+        }
+    })
+}
+
+/// Like [`origin`], but every response gets its own copy of the body, as from
+/// the network.
+fn fresh_origin(
+    size: usize,
+) -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>>
+             + Send
+             + 'static,
+> + Clone
++ Send
++ Sync
++ 'static {
+    tower::service_fn(move |_: Request<Full<Bytes>>| async move {
+        Ok::<_, Infallible>(
+            Response::builder()
+                .header("cache-control", CACHE_CONTROL)
+                .header("content-type", "application/octet-stream")
+                .body(Full::new(Bytes::from(vec![b'x'; size])))
+                .unwrap(),
+        )
+    })
+}
+
+fn request(path: &str) -> Request<Full<Bytes>> {
+    Request::get(format!("http://bench.test{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+fn template(path: &str) -> http::request::Parts {
+    request(path).into_parts().0
+}
+
+async fn drain<B: http_body::Body<Data = Bytes>>(response: Response<B>) -> usize
+where
+    B::Error: std::fmt::Debug,
+{
+    let mut body = std::pin::pin!(response.into_body());
+    let mut len = 0;
+    while let Some(frame) = body.as_mut().frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            len += data.len();
+        }
+    }
+    len
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn hit(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("cache_hit");
+    for size in [1024usize, 100 * 1024] {
+        let label = format!("{}KiB", size / 1024);
+        let parts = template("/hit");
+
+        let ours = rt.block_on(async {
+            let service = CacheLayer::new().layer(origin(size));
+            drain(service.clone().oneshot(request("/hit")).await.unwrap()).await;
+            service
+        });
+        group.bench_function(BenchmarkId::new("tower-toolbox", &label), |b| {
+            b.to_async(&rt).iter(|| {
+                let mut service = ours.clone();
+                let request = Request::from_parts(parts.clone(), Full::new(Bytes::new()));
+                async move { drain(service.call(request).await.unwrap()).await }
+            })
+        });
+
+        // The same hit, polled once with no runtime: the layer's own cost.
+        group.bench_function(
+            BenchmarkId::new("tower-toolbox, polled once", &label),
+            |b| {
+                let waker = std::task::Waker::noop();
+                let mut cx = std::task::Context::from_waker(waker);
+                b.iter(|| {
+                    let mut service = ours.clone();
+                    let request = Request::from_parts(parts.clone(), Full::new(Bytes::new()));
+                    let mut future = std::pin::pin!(service.call(request));
+                    let std::task::Poll::Ready(Ok(response)) = future.as_mut().poll(&mut cx) else {
+                        panic!("a hit is ready at once");
+                    };
+                    let mut body = std::pin::pin!(response.into_body());
+                    match http_body::Body::poll_frame(body.as_mut(), &mut cx) {
+                        std::task::Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap().len(),
+                        _ => panic!("a hit's body is ready at once"),
+                    }
+                })
+            },
+        );
+
+        // The harness alone: the origin called directly, same request.
+        let bare = origin(size);
+        group.bench_function(BenchmarkId::new("origin alone, no cache", &label), |b| {
+            b.to_async(&rt).iter(|| {
+                let mut service = bare.clone();
+                let request = Request::from_parts(parts.clone(), Full::new(Bytes::new()));
+                async move { drain(service.call(request).await.unwrap()).await }
+            })
+        });
+
+        let peer = rt.block_on(async {
+            let layer = http_cache_tower::HttpCacheLayer::new(http_cache::MokaManager::default());
+            let service = layer.layer(origin(size));
+            drain(service.clone().oneshot(request("/hit")).await.unwrap()).await;
+            service
+        });
+        group.bench_function(BenchmarkId::new("http-cache-tower", &label), |b| {
+            b.to_async(&rt).iter(|| {
+                let mut service = peer.clone();
+                let request = Request::from_parts(parts.clone(), Full::new(Bytes::new()));
+                async move { drain(service.call(request).await.unwrap()).await }
+            })
+        });
+    }
+    group.finish();
+}
+
+fn miss(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("cache_miss_1KiB");
+    let counter = AtomicUsize::new(0);
+    let next = || format!("/miss/{}", counter.fetch_add(1, Ordering::Relaxed));
+
+    let bare = origin(1024);
+    group.bench_function("no cache", |b| {
+        b.to_async(&rt).iter(|| {
+            let service = bare.clone();
+            let request = request(&next());
+            async move { drain(service.oneshot(request).await.unwrap()).await }
+        })
+    });
+    let ours = CacheLayer::new().layer(origin(1024));
+    group.bench_function("tower-toolbox", |b| {
+        b.to_async(&rt).iter(|| {
+            let service = ours.clone();
+            let request = request(&next());
+            async move { drain(service.oneshot(request).await.unwrap()).await }
+        })
+    });
+    let uncollapsed = CacheLayer::new().collapse(false).layer(origin(1024));
+    group.bench_function("tower-toolbox, collapsing off", |b| {
+        b.to_async(&rt).iter(|| {
+            let service = uncollapsed.clone();
+            let request = request(&next());
+            async move { drain(service.oneshot(request).await.unwrap()).await }
+        })
+    });
+    let peer = rt.block_on(async {
+        http_cache_tower::HttpCacheLayer::new(http_cache::MokaManager::default())
+            .layer(origin(1024))
+    });
+    group.bench_function("http-cache-tower", |b| {
+        b.to_async(&rt).iter(|| {
+            let service = peer.clone();
+            let request = request(&next());
+            async move { drain(service.oneshot(request).await.unwrap()).await }
+        })
+    });
+    group.finish();
+}
+
+/// Memory per stored entry beyond its content, and bytes allocated per hit.
+fn report() {
+    let rt = runtime();
+    rt.block_on(async {
+        const ENTRIES: usize = 10_000;
+        const BODY: usize = 1024;
+        let layer = CacheLayer::new();
+        let service = layer.layer(fresh_origin(BODY));
+        // One stored response first, so lazily built state is not counted.
+        drain(service.clone().oneshot(request("/warm")).await.unwrap()).await;
+        let requests: Vec<_> = (0..ENTRIES).map(|i| request(&format!("/entry/{i:06}"))).collect();
+        let key_len = "http://bench.test/entry/000000".len();
+        let before = LIVE.load(Ordering::Relaxed);
+        for request in requests {
+            drain(service.clone().oneshot(request).await.unwrap()).await;
+        }
+        let stats = layer.stats();
+        let after = LIVE.load(Ordering::Relaxed);
+        assert_eq!(stats.responses as usize, ENTRIES + 1);
+        let header_bytes = "cache-control".len()
+            + CACHE_CONTROL.len()
+            + "content-type".len()
+            + "application/octet-stream".len()
+            + "date".len()
+            + "Thu, 01 Jan 2026 00:00:00 GMT".len();
+        let content = BODY + key_len + header_bytes;
+        assert!(stats.bytes > 0);
+        let per_entry = (after - before) as f64 / ENTRIES as f64;
+        eprintln!(
+            "memory: {per_entry:.0} B live per stored entry, of which {content} B content \
+             (body {BODY}, key {key_len}, header names and values {header_bytes}): \
+             {:.0} B beyond content",
+            per_entry - content as f64
+        );
+
+        for size in [1024usize, 100 * 1024] {
+            let ours = CacheLayer::new().layer(origin(size));
+            drain(ours.clone().oneshot(request("/hit")).await.unwrap()).await;
+            let peer = http_cache_tower::HttpCacheLayer::new(http_cache::MokaManager::default())
+                .layer(origin(size));
+            drain(peer.clone().oneshot(request("/hit")).await.unwrap()).await;
+            let parts = template("/hit");
+            const HITS: usize = 1000;
+
+            let start = ALLOCATED.load(Ordering::Relaxed);
+            for _ in 0..HITS {
+                let request = Request::from_parts(parts.clone(), Full::new(Bytes::new()));
+                assert_eq!(drain(ours.clone().oneshot(request).await.unwrap()).await, size);
+            }
+            let ours_per_hit = (ALLOCATED.load(Ordering::Relaxed) - start) / HITS;
+
+            let start = ALLOCATED.load(Ordering::Relaxed);
+            for _ in 0..HITS {
+                let request = Request::from_parts(parts.clone(), Full::new(Bytes::new()));
+                assert_eq!(drain(peer.clone().oneshot(request).await.unwrap()).await, size);
+            }
+            let peer_per_hit = (ALLOCATED.load(Ordering::Relaxed) - start) / HITS;
+            eprintln!(
+                "allocated per hit, {} KiB body: tower-toolbox {ours_per_hit} B ({:.2} body copies), \
+                 http-cache-tower {peer_per_hit} B ({:.2} body copies)",
+                size / 1024,
+                ours_per_hit as f64 / size as f64,
+                peer_per_hit as f64 / size as f64,
+            );
+        }
+    });
+}
+
+criterion_group!(benches, hit, miss);
+
+fn main() {
+    // `cargo bench --no-run` builds this; `cargo test --benches` runs it in test
+    // mode, where the report is skipped to keep CI fast.
+    if std::env::args().any(|a| a == "--bench") {
+        report();
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
