@@ -10,6 +10,8 @@
 //! | module | feature | what it does |
 //! |---|---|---|
 //! | `rate_limit` | `rate-limit` | token bucket (GCRA) and leaky bucket quotas per key, with the IETF `RateLimit` headers |
+//! | `concurrency` | `concurrency` | concurrency limits: static, per key, adaptive (AIMD, Vegas, Gradient2, Envoy's gradient), partitions |
+//! | `shed` | `shed` | load shedding: a CoDel queue with adaptive LIFO, priority classes and a bypass |
 //!
 //! # Shared building blocks
 //!
@@ -38,6 +40,10 @@
 
 pub mod body;
 pub mod clock;
+#[cfg(feature = "concurrency")]
+pub mod concurrency;
 pub mod key;
 pub mod reject;
+#[cfg(feature = "shed")]
+pub mod shed;
 pub mod store;
