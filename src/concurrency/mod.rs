@@ -30,6 +30,11 @@
 //! | [`Gradient2`] | shrink by the ratio of long-term to current latency | latency |
 //! | [`Gradient`] | Envoy's controller: median latency per window against minRTT measured at pinned concurrency | latency |
 //!
+//! [`Aimd`], [`Vegas`] and [`Gradient2`] are per-sample rules; wrapped in
+//! [`Windowed`] they see one summary per window (average latency, most in
+//! flight, any drop), which is how they are meant to run against a busy service:
+//! otherwise one slow round trip applies AIMD's x0.9 once per request in it.
+//!
 //! [`LimitHandle`] reads the current limit; the `tower_toolbox_concurrency_limit`,
 //! `_in_flight` and `_queued` gauges and the `_rejected_total` counter report it
 //! through the `metrics` facade (labels `layer` and `name`).
@@ -85,6 +90,7 @@ mod keyed;
 mod layer;
 mod service;
 mod vegas;
+mod windowed;
 
 pub use aimd::Aimd;
 pub use algorithm::{Fixed, LimitAlgorithm, Outcome, Sample};
@@ -95,3 +101,4 @@ pub use gradient2::Gradient2;
 pub use layer::{ConcurrencyLimitLayer, LimitHandle};
 pub use service::ConcurrencyLimit;
 pub use vegas::Vegas;
+pub use windowed::Windowed;

@@ -36,7 +36,7 @@ pub struct Vegas {
     min: NonZeroUsize,
     max: NonZeroUsize,
     smoothing: f64,
-    probe: usize,
+    probe: Probe,
     probe_count: usize,
     rtt_noload: Option<Duration>,
 }
@@ -49,7 +49,7 @@ impl Vegas {
             min: NonZeroUsize::MIN,
             max: NonZeroUsize::new(1000).unwrap(),
             smoothing: 1.0,
-            probe: 30,
+            probe: Probe::PerLimit(30),
             probe_count: 0,
             rtt_noload: None,
         }
@@ -91,7 +91,15 @@ impl Vegas {
     /// Re-measure the no-load latency every `multiplier x limit` samples
     /// (default 30).
     pub fn probe_multiplier(mut self, multiplier: NonZeroUsize) -> Self {
-        self.probe = multiplier.get();
+        self.probe = Probe::PerLimit(multiplier.get());
+        self
+    }
+
+    /// Re-measure the no-load latency every `samples` samples, whatever the
+    /// limit. Under [`Windowed`](super::Windowed), where one sample is one
+    /// window, this reads "every `samples` windows".
+    pub fn probe_every(mut self, samples: NonZeroUsize) -> Self {
+        self.probe = Probe::Every(samples.get());
         self
     }
 
@@ -111,6 +119,16 @@ impl Default for Vegas {
     }
 }
 
+/// When the no-load latency is measured again.
+#[derive(Clone, Copy, Debug)]
+enum Probe {
+    /// Every `n x limit` samples: about every `n` round trips when every request
+    /// is a sample.
+    PerLimit(usize),
+    /// Every `n` samples.
+    Every(usize),
+}
+
 /// `max(1, floor(log10(limit)))`.
 fn log10(limit: usize) -> f64 {
     (limit.max(1).ilog10().max(1)) as f64
@@ -126,7 +144,11 @@ impl LimitAlgorithm for Vegas {
         let rtt = sample.rtt.max(Duration::from_nanos(1));
 
         self.probe_count += 1;
-        if self.probe_count >= self.probe * (self.limit as usize).max(1) {
+        let due = match self.probe {
+            Probe::PerLimit(n) => n * (self.limit as usize).max(1),
+            Probe::Every(n) => n,
+        };
+        if self.probe_count >= due {
             self.probe_count = 0;
             self.rtt_noload = Some(rtt);
             return self.current();
