@@ -129,7 +129,11 @@ fn permanent_step(window: usize) -> Duration {
 
 /// Latency doubles for three windows at window 100 (a pause), then returns.
 fn transient_step(window: usize) -> Duration {
-    if (100..103).contains(&window) { BASE * 2 } else { BASE }
+    if (100..103).contains(&window) {
+        BASE * 2
+    } else {
+        BASE
+    }
 }
 
 fn windowed<A: LimitAlgorithm>(algorithm: A) -> Windowed<A> {
