@@ -207,6 +207,7 @@ where
 
         let now = self.clock.now();
         let mut wake = Vec::new();
+        let was_busy = state.line.len > 0;
         let shed = state.shed_stale(now, &mut wake);
         let full = state.line.len >= state.line.capacity;
         let evicted = full && state.evict_below(class, &mut wake);
@@ -221,7 +222,9 @@ where
 
         let id = state.next_id;
         state.next_id += 1;
-        if state.line.len == 0 {
+        // A line emptied just now by shedding is still a standing queue: the
+        // newcomer joins the same busy period.
+        if !was_busy {
             state.line.busy_since = now;
         }
         state.line.classes[class].push_back(Waiter {
