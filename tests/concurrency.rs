@@ -413,10 +413,7 @@ async fn waiters_are_served_first_in_first_out_and_a_full_line_refuses() {
 
     let tasks: Vec<_> = ["/1", "/2", "/3"]
         .into_iter()
-        .map(|path| {
-            let task = tokio::spawn(service.clone().oneshot(get(path)));
-            task
-        })
+        .map(|path| tokio::spawn(service.clone().oneshot(get(path))))
         .collect();
     settle().await;
     let refused = service.clone().oneshot(get("/4")).await.unwrap();

@@ -67,12 +67,11 @@ pin_project! {
         S: Service<Request<B>>,
         C: Clock,
     {
+        // Boxed: a waiter carries the request, the service and a timer, which
+        // would otherwise make every future large, also on the path that never
+        // waits.
         Waiting {
-            #[pin]
-            wait: Wait<C>,
-            service: Option<S>,
-            request: Option<Request<B>>,
-            refuse: Refuse,
+            waiting: Pin<Box<Waiting<S, B, C>>>,
         },
         Called {
             #[pin]
@@ -82,6 +81,19 @@ pin_project! {
         Ready {
             response: Option<Response<Bytes>>,
         },
+    }
+}
+
+pin_project! {
+    struct Waiting<S, B, C>
+    where
+        C: Clock,
+    {
+        #[pin]
+        wait: Wait<C>,
+        service: Option<S>,
+        request: Option<Request<B>>,
+        refuse: Refuse,
     }
 }
 
@@ -99,10 +111,12 @@ where
     pub(crate) fn waiting(wait: Wait<C>, service: S, request: Request<B>, refuse: Refuse) -> Self {
         ResponseFuture {
             state: State::Waiting {
-                wait,
-                service: Some(service),
-                request: Some(request),
-                refuse,
+                waiting: Box::pin(Waiting {
+                    wait,
+                    service: Some(service),
+                    request: Some(request),
+                    refuse,
+                }),
             },
         }
     }
@@ -152,27 +166,27 @@ where
                         .expect("ResponseFuture polled after completion");
                     return Poll::Ready(Ok(response.map(ResponseBody::full)));
                 }
-                StateProj::Waiting {
-                    wait,
-                    service,
-                    request,
-                    refuse,
-                } => match ready!(wait.poll_permit(cx)) {
-                    Ok(permit) => {
-                        let mut service = service.take().expect("service taken once");
-                        let request = request.take().expect("request taken once");
-                        State::Called {
-                            future: service.call(request),
-                            permit: Some(permit),
+                StateProj::Waiting { waiting } => {
+                    let waiting = waiting.as_mut().project();
+                    match ready!(waiting.wait.poll_permit(cx)) {
+                        Ok(permit) => {
+                            let mut service = waiting.service.take().expect("service taken once");
+                            let request = waiting.request.take().expect("request taken once");
+                            State::Called {
+                                future: service.call(request),
+                                permit: Some(permit),
+                            }
+                        }
+                        Err(refusal) => {
+                            let request = waiting.request.as_ref().expect("request still held");
+                            State::Ready {
+                                response: Some(
+                                    waiting.refuse.respond(refusal, &RequestHead::of(request)),
+                                ),
+                            }
                         }
                     }
-                    Err(refusal) => {
-                        let request = request.as_ref().expect("request still held");
-                        State::Ready {
-                            response: Some(refuse.respond(refusal, &RequestHead::of(request))),
-                        }
-                    }
-                },
+                }
             };
             self.as_mut().project().state.set(next);
         }

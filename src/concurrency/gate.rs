@@ -1,10 +1,11 @@
 //! Admission: the count of requests in flight, the limit, and the waiting line.
 //!
-//! One `Gate` guards one limit (the whole service, or one key). Everything it
-//! knows sits behind one mutex, held for a few dozen instructions and never
-//! across an await: admitting, releasing, queueing and handing a freed permit to
-//! a waiter are each one critical section, so the count can never pass the limit
-//! and a freed permit can never be lost between a releaser and a waiter.
+//! One `Gate` guards one limit (the whole service, or one key). The counts live
+//! in an `Admission`: while there is room and nobody waits, admitting and
+//! releasing touch only those atomics. Everything else (the waiting line,
+//! partition shares, the limit algorithm) sits behind one mutex, held for a few
+//! dozen instructions and never across an await. Gates with partitions take the
+//! lock for every admission and release, since shares are counted under it.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use metrics::{Counter, Gauge};
 
+use super::admission::Admission;
 use super::algorithm::{LimitAlgorithm, Outcome, Sample};
 use crate::clock::{Clock, Timestamp};
 
@@ -90,6 +92,8 @@ pub(crate) struct GateConfig {
 }
 
 pub(crate) struct Gate<A, C> {
+    admission: Admission,
+    partitioned: bool,
     state: Mutex<State<A>>,
     clock: C,
     adaptive: bool,
@@ -98,8 +102,6 @@ pub(crate) struct Gate<A, C> {
 
 struct State<A> {
     algorithm: A,
-    limit: usize,
-    in_flight: usize,
     partitions: Vec<Share>,
     line: Line,
     next_id: u64,
@@ -153,8 +155,6 @@ where
         metrics.limit.set(limit as f64);
         let mut state = State {
             algorithm,
-            limit,
-            in_flight: 0,
             partitions: config
                 .shares
                 .iter()
@@ -174,8 +174,10 @@ where
             next_id: 0,
             decided: Vec::new(),
         };
-        state.resize_partitions();
+        state.resize_partitions(limit);
         Gate {
+            admission: Admission::new(limit),
+            partitioned: !config.shares.is_empty(),
             state: Mutex::new(state),
             clock,
             adaptive,
@@ -192,9 +194,16 @@ where
     /// Admits a request of `partition` and priority `class` now, queues it, or
     /// refuses it.
     pub(crate) fn acquire(self: &Arc<Self>, partition: usize, class: usize) -> Acquire<C> {
+        if !self.partitioned {
+            if let Some(in_flight) = self.admission.try_take_first() {
+                self.metrics.in_flight.set(in_flight as f64);
+                return Acquire::Admitted(self.permit(partition, in_flight));
+            }
+        }
+
         let mut state = self.lock();
-        if state.can_admit(partition) {
-            let in_flight = state.admit(partition);
+        let admission = &self.admission;
+        if let Some(in_flight) = state.try_admit(admission, partition) {
             drop(state);
             self.metrics.in_flight.set(in_flight as f64);
             return Acquire::Admitted(self.permit(partition, in_flight));
@@ -208,9 +217,9 @@ where
         let now = self.clock.now();
         let mut wake = Vec::new();
         let was_busy = state.line.len > 0;
-        let shed = state.shed_stale(now, &mut wake);
+        let shed = state.shed_stale(admission, now, &mut wake);
         let full = state.line.len >= state.line.capacity;
-        let evicted = full && state.evict_below(class, &mut wake);
+        let evicted = full && state.evict_below(admission, class, &mut wake);
         if full && !evicted {
             drop(state);
             self.metrics.shed.increment(shed);
@@ -218,7 +227,18 @@ where
             wake.into_iter().for_each(Waker::wake);
             return Acquire::Refused(Refusal::QueueFull);
         }
-        let evicted = u64::from(evicted);
+        let shed = shed + u64::from(evicted);
+
+        // Publish the longer line, then look for room once more: a release that
+        // read the old length has already freed its slot, and it is seen here.
+        admission.set_waiting(state.line.len + 1);
+        if let Some(in_flight) = state.try_admit(admission, partition) {
+            admission.set_waiting(state.line.len);
+            drop(state);
+            self.metrics.shed.increment(shed);
+            wake.into_iter().for_each(Waker::wake);
+            return Acquire::Admitted(self.permit(partition, in_flight));
+        }
 
         let id = state.next_id;
         state.next_id += 1;
@@ -242,7 +262,7 @@ where
         drop(state);
 
         self.metrics.queued.set(queued as f64);
-        self.metrics.shed.increment(shed + evicted);
+        self.metrics.shed.increment(shed);
         wake.into_iter().for_each(Waker::wake);
         let gate: Arc<dyn Slots> = self.clone();
         Acquire::Queued(Wait {
@@ -266,31 +286,30 @@ where
 
     /// The current limit.
     pub(crate) fn limit(&self) -> usize {
-        self.lock().limit
+        self.admission.limit()
     }
 
     /// Requests holding a permit.
     pub(crate) fn in_flight(&self) -> usize {
-        self.lock().in_flight
+        self.admission.in_flight()
     }
 
     /// Requests waiting in line.
     pub(crate) fn queued(&self) -> usize {
-        self.lock().line.len
+        self.admission.waiting()
     }
 
-    /// Hands freed permits to waiters, then wakes them outside the lock.
+    /// Hands freed slots to waiters, then wakes them outside the lock.
     fn settle(&self, mut state: MutexGuard<'_, State<A>>) {
         let now = match state.line.len {
             0 => Timestamp::ZERO,
             _ => self.clock.now(),
         };
         let mut wake = Vec::new();
-        let shed = state.dispatch(now, &mut wake);
-        let (in_flight, queued) = (state.in_flight, state.line.len);
+        let shed = state.dispatch(&self.admission, now, &mut wake);
+        let queued = state.line.len;
         drop(state);
 
-        self.metrics.in_flight.set(in_flight as f64);
         if !wake.is_empty() || shed > 0 {
             self.metrics.queued.set(queued as f64);
             self.metrics.shed.increment(shed);
@@ -300,34 +319,43 @@ where
 }
 
 impl<A> State<A> {
-    fn can_admit(&self, partition: usize) -> bool {
-        if self.in_flight < self.limit {
-            return true;
+    /// Takes a slot for a request of `partition` if the limit, or the
+    /// partition's share, has room.
+    fn try_admit(&mut self, admission: &Admission, partition: usize) -> Option<usize> {
+        if self.partitions.is_empty() {
+            return admission.try_take();
         }
-        // A partition below its share is admitted even when others have borrowed
-        // the rest of the limit.
-        self.partitions
+        // Partitioned gates count under this lock only, so reading then adding is
+        // not a race. A partition below its share is admitted even when others
+        // have borrowed the rest of the limit.
+        let below_share = self
+            .partitions
             .get(partition)
-            .is_some_and(|share| share.in_flight < share.limit)
-    }
-
-    fn admit(&mut self, partition: usize) -> usize {
-        self.in_flight += 1;
+            .is_some_and(|share| share.in_flight < share.limit);
+        if admission.in_flight() >= admission.limit() && !below_share {
+            return None;
+        }
         if let Some(share) = self.partitions.get_mut(partition) {
             share.in_flight += 1;
         }
-        self.in_flight
+        Some(admission.force_take())
     }
 
-    fn release(&mut self, partition: usize) {
-        self.in_flight -= 1;
+    fn could_admit(&self, admission: &Admission, partition: usize) -> bool {
+        admission.in_flight() < admission.limit()
+            || self
+                .partitions
+                .get(partition)
+                .is_some_and(|share| share.in_flight < share.limit)
+    }
+
+    fn release_share(&mut self, partition: usize) {
         if let Some(share) = self.partitions.get_mut(partition) {
             share.in_flight -= 1;
         }
     }
 
-    fn resize_partitions(&mut self) {
-        let limit = self.limit;
+    fn resize_partitions(&mut self, limit: usize) {
         for share in &mut self.partitions {
             share.limit = ((limit as f64 * share.fraction).ceil() as usize).max(1);
         }
@@ -347,7 +375,7 @@ impl<A> State<A> {
 
     /// Under CoDel overload, sheds every waiter older than the target. Returns
     /// how many.
-    fn shed_stale(&mut self, now: Timestamp, wake: &mut Vec<Waker>) -> u64 {
+    fn shed_stale(&mut self, admission: &Admission, now: Timestamp, wake: &mut Vec<Waker>) -> u64 {
         let Some(target) = self.overloaded(now) else {
             return 0;
         };
@@ -364,15 +392,17 @@ impl<A> State<A> {
                 shed += 1;
             }
         }
+        admission.set_waiting(self.line.len);
         shed
     }
 
     /// Makes room for a waiter of `class` by shedding the newest waiter of the
     /// lowest class below it.
-    fn evict_below(&mut self, class: usize, wake: &mut Vec<Waker>) -> bool {
+    fn evict_below(&mut self, admission: &Admission, class: usize, wake: &mut Vec<Waker>) -> bool {
         for lower in (class + 1..CLASSES).rev() {
             if let Some(waiter) = self.line.classes[lower].pop_back() {
                 self.line.len -= 1;
+                admission.set_waiting(self.line.len);
                 self.decide(waiter, Decision::Shed, wake);
                 return true;
             }
@@ -387,32 +417,37 @@ impl<A> State<A> {
         }
     }
 
-    /// Sheds stale waiters, then grants permits to waiters while the limit
+    /// Sheds stale waiters, then grants slots to waiters while the limit
     /// allows: higher classes first; oldest first, or newest first while CoDel
     /// sees a standing line. Returns how many were shed.
-    fn dispatch(&mut self, now: Timestamp, wake: &mut Vec<Waker>) -> u64 {
+    fn dispatch(&mut self, admission: &Admission, now: Timestamp, wake: &mut Vec<Waker>) -> u64 {
         if self.line.len == 0 {
             return 0;
         }
-        let shed = self.shed_stale(now, wake);
+        let shed = self.shed_stale(admission, now, wake);
         let newest_first = self.overloaded(now).is_some();
-        while let Some((class, index)) = self.next_waiter(newest_first) {
+        while let Some((class, index)) = self.next_waiter(admission, newest_first) {
+            let partition = self.line.classes[class][index].partition;
+            // A request arriving without the lock may have taken the slot first.
+            let Some(in_flight) = self.try_admit(admission, partition) else {
+                break;
+            };
             let waiter = self.line.classes[class]
                 .remove(index)
                 .expect("index in range");
             self.line.len -= 1;
-            let in_flight = self.admit(waiter.partition);
+            admission.set_waiting(self.line.len);
             self.decide(waiter, Decision::Admitted { in_flight }, wake);
         }
         shed
     }
 
-    fn next_waiter(&self, newest_first: bool) -> Option<(usize, usize)> {
-        if self.in_flight >= self.limit && self.partitions.is_empty() {
+    fn next_waiter(&self, admission: &Admission, newest_first: bool) -> Option<(usize, usize)> {
+        if self.partitions.is_empty() && admission.in_flight() >= admission.limit() {
             return None;
         }
         for (class, line) in self.line.classes.iter().enumerate() {
-            let admissible = |waiter: &Waiter| self.can_admit(waiter.partition);
+            let admissible = |waiter: &Waiter| self.could_admit(admission, waiter.partition);
             let found = if newest_first {
                 line.iter().rposition(admissible)
             } else {
@@ -430,11 +465,12 @@ impl<A> State<A> {
         Some(self.decided.swap_remove(index).1)
     }
 
-    fn remove_waiter(&mut self, id: u64) -> bool {
+    fn remove_waiter(&mut self, admission: &Admission, id: u64) -> bool {
         for line in &mut self.line.classes {
             if let Some(index) = line.iter().position(|w| w.id == id) {
                 line.remove(index);
                 self.line.len -= 1;
+                admission.set_waiting(self.line.len);
                 return true;
             }
         }
@@ -459,9 +495,15 @@ where
     C: Clock,
 {
     fn release(&self, partition: usize) {
-        let mut state = self.lock();
-        state.release(partition);
-        self.settle(state);
+        if self.partitioned {
+            let mut state = self.lock();
+            state.release_share(partition);
+            self.admission.give_back();
+            self.settle(state);
+        } else if self.admission.give_back() {
+            self.settle(self.lock());
+        }
+        self.metrics.in_flight.set(self.admission.in_flight() as f64);
     }
 
     fn record(&self, started: Timestamp, in_flight: usize, outcome: Outcome) {
@@ -477,12 +519,13 @@ where
         };
         let mut state = self.lock();
         let limit = state.algorithm.update(&sample).get();
-        if limit == state.limit {
+        let old = self.admission.limit();
+        if limit == old {
             return;
         }
-        tracing::debug!(from = state.limit, to = limit, "concurrency limit changed");
-        state.limit = limit;
-        state.resize_partitions();
+        tracing::debug!(from = old, to = limit, "concurrency limit changed");
+        self.admission.set_limit(limit);
+        state.resize_partitions(limit);
         self.metrics.limit.set(limit as f64);
         self.settle(state);
     }
@@ -520,7 +563,7 @@ where
         if let Some(decision) = state.take_decision(id) {
             return Some(decision);
         }
-        if state.remove_waiter(id) {
+        if state.remove_waiter(&self.admission, id) {
             let queued = state.line.len;
             drop(state);
             self.metrics.queued.set(queued as f64);
@@ -533,12 +576,13 @@ where
         match state.take_decision(id) {
             // Granted but never used: pass the permit on.
             Some(Decision::Admitted { .. }) => {
-                state.release(partition);
+                state.release_share(partition);
+                self.admission.give_back();
                 self.settle(state);
             }
             Some(Decision::Shed) => {}
             None => {
-                state.remove_waiter(id);
+                state.remove_waiter(&self.admission, id);
             }
         }
     }

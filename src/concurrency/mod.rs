@@ -80,6 +80,7 @@
 //! (bounds the wrong way round, shares outside (0, 1] or adding up past 1) panic
 //! when the layer is built, with a message naming the setting.
 
+mod admission;
 mod aimd;
 mod algorithm;
 mod future;
