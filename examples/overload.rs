@@ -3,10 +3,11 @@
 //!
 //! `cargo run --release --example overload` (about half a minute).
 //!
-//! The simulated backend has `CAPACITY` slots; a request takes a slot for 8 to
-//! 12 ms (10 ms on average), and requests beyond the slots wait in the
+//! The simulated backend has `CAPACITY` slots; a request takes a slot for 80 to
+//! 120 ms (100 ms on average), and requests beyond the slots wait in the
 //! backend's own first-in, first-out line, so latency grows with queueing. Its
-//! capacity is `CAPACITY / 10 ms` requests per second. Clients arrive at random
+//! capacity is `CAPACITY / 100 ms` requests per second. (Tokio's timers tick in
+//! milliseconds; times this long keep that rounding near 1 %.) Clients arrive at random
 //! (Poisson) at a multiple of that rate and give up after `DEADLINE`; work they
 //! gave up on still runs to the end in the backend, as it would on a real
 //! server. Everything runs on tokio's paused clock, so the numbers are exact
@@ -16,7 +17,7 @@
 //! percentage of capacity), the same as a percentage of offered requests,
 //! refused (503 or tower's `Overloaded`), timed out (the client gave up), and
 //! the p50 and p99 latency of admitted requests (a request that timed out
-//! counts at the deadline). Measured over the last 2 s of 3.
+//! counts at the deadline). Measured over the last 20 s of 30 simulated seconds.
 
 use std::convert::Infallible;
 use std::num::NonZeroUsize;
@@ -38,11 +39,11 @@ use tower_toolbox::shed::LoadShedLayer;
 /// Slots in the backend.
 const CAPACITY: usize = 32;
 /// Mean time a request holds a slot.
-const SERVICE: Duration = Duration::from_millis(10);
+const SERVICE: Duration = Duration::from_millis(100);
 /// When clients give up.
-const DEADLINE: Duration = Duration::from_millis(250);
-const WARM_UP: Duration = Duration::from_secs(1);
-const RUN: Duration = Duration::from_secs(3);
+const DEADLINE: Duration = Duration::from_millis(2500);
+const WARM_UP: Duration = Duration::from_secs(10);
+const RUN: Duration = Duration::from_secs(30);
 
 type Stack = BoxCloneService<Request<()>, StatusCode, BoxError>;
 
@@ -77,12 +78,12 @@ impl Service<Request<()>> for Backend {
     }
 
     fn call(&mut self, _request: Request<()>) -> Self::Future {
-        // 8 to 12 ms, uniformly, from a hash of a counter.
+        // 80 to 120 ms, uniformly, from a hash of a counter.
         let n = self
             .seed
             .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
-        let spread = (n.wrapping_mul(0xbf58_476d_1ce4_e5b9) >> 40) % 4001;
-        let time = Duration::from_micros(8_000 + spread);
+        let spread = (n.wrapping_mul(0xbf58_476d_1ce4_e5b9) >> 40) % 40_001;
+        let time = Duration::from_micros(80_000 + spread);
         let slots = self.slots.clone();
         let (done, finished) = tokio::sync::oneshot::channel();
 
@@ -125,9 +126,9 @@ fn adaptive<A: LimitAlgorithm + Clone>(algorithm: A) -> Stack {
     )
 }
 
-/// Windows of 50 ms for the per-sample rules.
+/// Windows of 500 ms (five unloaded round trips) for the per-sample rules.
 fn windowed<A: LimitAlgorithm>(algorithm: A) -> Windowed<A> {
-    Windowed::new(algorithm).duration(Duration::from_millis(50), Duration::from_millis(50))
+    Windowed::new(algorithm).duration(Duration::from_millis(500), Duration::from_millis(500))
 }
 
 /// The stacks compared, built inside the runtime that runs them.
@@ -161,17 +162,20 @@ fn stacks() -> Vec<(&'static str, fn() -> Stack)> {
                 Aimd::new()
                     .initial(nz(20))
                     .bounds(nz(4), nz(500))
-                    .timeout(Duration::from_millis(13)),
+                    .timeout(Duration::from_millis(130)),
             ))
         }),
         ("Windowed<Vegas>", || {
             adaptive(windowed(Vegas::new().bounds(nz(4), nz(500))))
         }),
+        ("Vegas (per sample)", || {
+            adaptive(Vegas::new().bounds(nz(4), nz(500)))
+        }),
         ("Windowed<Gradient2>", || {
             adaptive(windowed(Gradient2::new().bounds(nz(4), nz(500))))
         }),
         ("Gradient (Envoy)", || {
-            adaptive(Gradient::new().window(Duration::from_millis(50)))
+            adaptive(Gradient::new().window(Duration::from_millis(500)))
         }),
     ]
 }
@@ -262,7 +266,7 @@ fn main() {
     unloaded.sort();
     let unloaded_p99 = percentile(&unloaded, 0.99);
     println!(
-        "backend: {CAPACITY} slots x 8-12 ms = {capacity_rps:.0} req/s; client deadline {} ms; \
+        "backend: {CAPACITY} slots x 80-120 ms = {capacity_rps:.0} req/s; client deadline {} ms; \
          unloaded p99 {unloaded_p99:.1} ms (0.1x load, no limit)\n",
         DEADLINE.as_millis()
     );

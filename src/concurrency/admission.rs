@@ -9,11 +9,11 @@
 //! *before* it reads the line's length. With every access sequentially
 //! consistent, one of the two sees the other, so a freed slot is never missed by
 //! a waiter. The `loom` model at the end checks this on every interleaving
-//! (`RUSTFLAGS="--cfg loom" cargo test --release --lib admission`).
+//! (`RUSTFLAGS="--cfg tower_toolbox_loom" cargo test --release --lib admission`).
 
-#[cfg(loom)]
+#[cfg(tower_toolbox_loom)]
 use loom::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-#[cfg(not(loom))]
+#[cfg(not(tower_toolbox_loom))]
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
 #[derive(Debug)]
@@ -99,7 +99,7 @@ impl Admission {
     }
 }
 
-#[cfg(all(test, loom))]
+#[cfg(all(test, tower_toolbox_loom))]
 mod tests {
     use super::Admission;
     use loom::sync::{Arc, Mutex};
@@ -157,7 +157,10 @@ mod tests {
             releaser.join().unwrap();
 
             let line = line.lock().unwrap();
-            assert!(took || line.granted, "the waiter was left in line with a free slot");
+            assert!(
+                took || line.granted,
+                "the waiter was left in line with a free slot"
+            );
             assert_eq!(admission.in_flight(), 1);
         });
     }
@@ -172,7 +175,10 @@ mod tests {
             };
             let mine = admission.try_take_first().is_some();
             let theirs = other.join().unwrap();
-            assert!(mine ^ theirs, "exactly one of two takers gets the only slot");
+            assert!(
+                mine ^ theirs,
+                "exactly one of two takers gets the only slot"
+            );
             assert_eq!(admission.in_flight(), 1);
         });
     }

@@ -46,7 +46,7 @@ impl Sample {
 /// lock, and admits up to the returned number of requests at once. Implementations
 /// are plain state machines: no clock reads, no I/O, so a test can feed them a
 /// table of samples and check every limit they return.
-pub trait LimitAlgorithm: Send + 'static {
+pub trait LimitAlgorithm: Send + Sync + 'static {
     /// The limit before the first sample.
     fn initial_limit(&self) -> NonZeroUsize;
 

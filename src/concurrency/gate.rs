@@ -503,7 +503,9 @@ where
         } else if self.admission.give_back() {
             self.settle(self.lock());
         }
-        self.metrics.in_flight.set(self.admission.in_flight() as f64);
+        self.metrics
+            .in_flight
+            .set(self.admission.in_flight() as f64);
     }
 
     fn record(&self, started: Timestamp, in_flight: usize, outcome: Outcome) {
