@@ -4,6 +4,8 @@
 //! loopback port, sends it real HTTP traffic, and prints what the client saw and
 //! what the layer did. Needs no configuration and no network; exits 0.
 
+mod concurrency;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -19,6 +21,7 @@ use hyper_util::rt::TokioExecutor;
 async fn main() {
     let started = Instant::now();
     println!("tower-toolbox tour: every request below is real HTTP over loopback.\n");
+    concurrency::run().await;
 
     println!(
         "\nTour finished in {:.1} s.",
