@@ -28,6 +28,7 @@ pub(crate) enum Discipline {
     Fifo { timeout: Duration },
     /// Controlled delay: once the line has not been empty for `interval`, waiters
     /// older than `target` are shed and the newest is served first.
+    #[cfg_attr(not(feature = "shed"), allow(dead_code))]
     CoDel {
         target: Duration,
         interval: Duration,

@@ -95,6 +95,7 @@ mod windowed;
 
 pub use aimd::Aimd;
 pub use algorithm::{Fixed, LimitAlgorithm, Outcome, Sample};
+#[cfg(feature = "shed")]
 pub(crate) use future::Refuse;
 pub use future::{PermitBody, ResponseFuture};
 pub use gradient::Gradient;
