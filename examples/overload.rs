@@ -131,8 +131,11 @@ fn windowed<A: LimitAlgorithm>(algorithm: A) -> Windowed<A> {
     Windowed::new(algorithm).duration(Duration::from_millis(500), Duration::from_millis(500))
 }
 
-/// The stacks compared, built inside the runtime that runs them.
-fn stacks() -> Vec<(&'static str, fn() -> Stack)> {
+/// A stack's name and how to build it (inside the runtime that runs it).
+type Contender = (&'static str, fn() -> Stack);
+
+/// The stacks compared.
+fn stacks() -> Vec<Contender> {
     vec![
         ("no limit", || boxed(Backend::new())),
         ("tower ConcurrencyLimit+LoadShed", || {
