@@ -9,13 +9,15 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::Waker;
 use std::time::Duration;
 
 use metrics::{Counter, Gauge};
 
 use super::admission::Admission;
 use super::algorithm::{LimitAlgorithm, Outcome, Sample};
+use super::permit::Slots;
+pub(crate) use super::permit::{Permit, Wait};
 use crate::clock::{Clock, Timestamp};
 
 /// Number of priority classes a queue keeps apart; class 0 is served first.
@@ -133,7 +135,7 @@ struct Waiter {
 }
 
 #[derive(Clone, Copy, Debug)]
-enum Decision {
+pub(super) enum Decision {
     Admitted { in_flight: usize },
     Shed,
 }
@@ -479,17 +481,6 @@ impl<A> State<A> {
     }
 }
 
-/// The type-erased face of a gate that permits and waiters hold, so their types
-/// do not carry the algorithm and the clock.
-trait Slots: Send + Sync {
-    fn release(&self, partition: usize);
-    fn record(&self, started: Timestamp, in_flight: usize, outcome: Outcome);
-    fn stamp(&self) -> Timestamp;
-    fn poll_decision(&self, id: u64, waker: &Waker) -> Option<Decision>;
-    fn expire(&self, id: u64) -> Option<Decision>;
-    fn abandon(&self, id: u64, partition: usize);
-}
-
 impl<A, C> Slots for Gate<A, C>
 where
     A: LimitAlgorithm,
@@ -588,102 +579,6 @@ where
                 state.remove_waiter(&self.admission, id);
             }
         }
-    }
-}
-
-/// The right to have one request in flight; released when dropped.
-pub(crate) struct Permit {
-    gate: Arc<dyn Slots>,
-    partition: usize,
-    started: Timestamp,
-    in_flight: usize,
-    recorded: bool,
-}
-
-impl Permit {
-    /// Feeds the request's outcome to the limit algorithm (once; later calls do
-    /// nothing).
-    pub(crate) fn record(&mut self, outcome: Outcome) {
-        if !self.recorded {
-            self.recorded = true;
-            self.gate.record(self.started, self.in_flight, outcome);
-        }
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        self.gate.release(self.partition);
-    }
-}
-
-impl std::fmt::Debug for Permit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Permit")
-            .field("partition", &self.partition)
-            .field("in_flight", &self.in_flight)
-            .finish()
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A request waiting in line for a permit.
-    pub(crate) struct Wait<C: Clock> {
-        gate: Option<Arc<dyn Slots>>,
-        id: u64,
-        partition: usize,
-        #[pin]
-        sleep: C::Sleep,
-    }
-
-    impl<C: Clock> PinnedDrop for Wait<C> {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if let Some(gate) = this.gate.take() {
-                gate.abandon(*this.id, *this.partition);
-            }
-        }
-    }
-}
-
-impl<C: Clock> std::fmt::Debug for Wait<C> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Wait").field("id", &self.id).finish()
-    }
-}
-
-impl<C: Clock> Wait<C> {
-    pub(crate) fn poll_permit(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Permit, Refusal>> {
-        let this = self.project();
-        let gate = this.gate.as_ref().expect("Wait polled after completion");
-        let decision = match gate.poll_decision(*this.id, cx.waker()) {
-            Some(decision) => decision,
-            None => match this.sleep.poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(()) => match gate.expire(*this.id) {
-                    Some(decision) => decision,
-                    None => {
-                        *this.gate = None;
-                        return Poll::Ready(Err(Refusal::TimedOut));
-                    }
-                },
-            },
-        };
-
-        let gate = this.gate.take().expect("checked above");
-        Poll::Ready(match decision {
-            Decision::Admitted { in_flight } => Ok(Permit {
-                started: gate.stamp(),
-                gate,
-                partition: *this.partition,
-                in_flight,
-                recorded: false,
-            }),
-            Decision::Shed => Err(Refusal::Shed),
-        })
     }
 }
 

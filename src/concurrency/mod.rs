@@ -89,6 +89,7 @@ mod gradient;
 mod gradient2;
 mod keyed;
 mod layer;
+mod permit;
 mod service;
 mod vegas;
 mod windowed;
