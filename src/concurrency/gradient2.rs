@@ -137,8 +137,10 @@ impl Gradient2 {
         self
     }
 
+    /// `floor(L)`, within the bounds (an initial limit outside them counts as
+    /// the nearer bound).
     fn current(&self) -> NonZeroUsize {
-        NonZeroUsize::new(self.limit as usize).unwrap_or(NonZeroUsize::MIN)
+        crate::concurrency::algorithm::clamp(self.limit as usize, self.min, self.max)
     }
 }
 

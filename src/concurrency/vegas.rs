@@ -108,8 +108,10 @@ impl Vegas {
         self.rtt_noload
     }
 
+    /// `floor(L)`, within the bounds (an initial limit outside them counts as
+    /// the nearer bound).
     fn current(&self) -> NonZeroUsize {
-        NonZeroUsize::new(self.limit as usize).unwrap_or(NonZeroUsize::MIN)
+        crate::concurrency::algorithm::clamp(self.limit as usize, self.min, self.max)
     }
 }
 
