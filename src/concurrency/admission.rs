@@ -6,15 +6,15 @@
 //! line itself sits behind the gate's mutex; the handshake between the two is
 //! the classic one: a request about to wait publishes the line's new length
 //! *before* it checks for room one last time, and a releaser frees its slot
-//! *before* it reads the line's length. With every access sequentially
-//! consistent, one of the two sees the other, so a freed slot is never missed by
-//! a waiter. The `loom` model at the end checks this on every interleaving
+//! *before* it reads the line's length. A sequentially consistent fence between
+//! the write and the read on each side makes one of the two see the other, so a
+//! freed slot is never missed by a waiter. The `loom` model at the end checks this on every interleaving
 //! (`RUSTFLAGS="--cfg tower_toolbox_loom" cargo test --release --lib admission`).
 
 #[cfg(tower_toolbox_loom)]
-use loom::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use loom::sync::atomic::{AtomicUsize, Ordering::SeqCst, fence};
 #[cfg(not(tower_toolbox_loom))]
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst, fence};
 
 #[derive(Debug)]
 pub(crate) struct Admission {
@@ -72,6 +72,7 @@ impl Admission {
     #[inline]
     pub(crate) fn give_back(&self) -> bool {
         self.in_flight.fetch_sub(1, SeqCst);
+        fence(SeqCst);
         self.waiting.load(SeqCst) != 0
     }
 
@@ -79,6 +80,7 @@ impl Admission {
     /// last check for room when a request is about to wait.
     pub(crate) fn set_waiting(&self, waiting: usize) {
         self.waiting.store(waiting, SeqCst);
+        fence(SeqCst);
     }
 
     /// Sets the limit. Only under the gate's lock.
