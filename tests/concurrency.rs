@@ -568,3 +568,27 @@ async fn cancelled_requests_leave_an_adaptive_limit_unchanged() {
     assert_eq!(handle.limit(), 20);
     assert_eq!(handle.in_flight(), 0);
 }
+
+#[tokio::test]
+async fn a_custom_responder_words_the_refusal() {
+    let held = Held::new();
+    let responder = tower_toolbox::reject::Responder::from_fn(|rejection, request| {
+        let mut response = Response::new(Bytes::from(format!(
+            "{} for {}",
+            rejection.status(),
+            request.uri.path()
+        )));
+        *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        response
+    });
+    let service = ConcurrencyLimitLayer::new(nz(1))
+        .responder(responder)
+        .layer(held.service());
+    let _busy = tokio::spawn(service.clone().oneshot(get("/busy")));
+    settle().await;
+    let refused = service.oneshot(get("/orders")).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body = refused.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "503 Service Unavailable for /orders");
+    held.release.add_permits(1);
+}

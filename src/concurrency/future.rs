@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -18,31 +19,101 @@ use crate::clock::Clock;
 use crate::reject::{Rejection, RequestHead, Responder};
 
 /// How a layer words its refusals.
+///
+/// With the standard responder, the answers to plain HTTP requests and to gRPC
+/// requests sent as `application/grpc` (what tonic sends) depend on the refusal
+/// alone, so they are built once here and cloned per refusal (two small
+/// allocations for the header map, instead of building the JSON each time).
 #[derive(Clone, Debug)]
 pub(crate) struct Refuse {
-    pub(crate) responder: Responder,
-    pub(crate) retry_after: Option<Duration>,
+    responder: Responder,
+    retry_after: Option<Duration>,
+    prebuilt: Option<Arc<Prebuilt>>,
+}
+
+#[derive(Debug)]
+struct Prebuilt {
+    http: [Response<Bytes>; 4],
+    grpc: [Response<Bytes>; 4],
+}
+
+const GRPC: &str = "application/grpc";
+
+const REFUSALS: [Refusal; 4] = [
+    Refusal::Full,
+    Refusal::QueueFull,
+    Refusal::TimedOut,
+    Refusal::Shed,
+];
+
+fn rejection(refusal: Refusal, retry_after: Option<Duration>) -> Rejection {
+    let detail = match refusal {
+        Refusal::Full => "the service is at its concurrency limit",
+        Refusal::QueueFull => "the service is at its concurrency limit and its queue is full",
+        Refusal::TimedOut => "the request waited too long for the service to have capacity",
+        Refusal::Shed => "the request was shed to keep the service's latency down",
+    };
+    let rejection = Rejection::overloaded(detail);
+    match retry_after {
+        Some(after) => rejection.with_retry_after(after),
+        None => rejection,
+    }
 }
 
 impl Refuse {
+    pub(crate) fn new(responder: Responder, retry_after: Option<Duration>) -> Self {
+        let prebuilt = responder.is_standard().then(|| {
+            let build = |request: Request<()>| {
+                let head = RequestHead::of(&request);
+                REFUSALS.map(|refusal| responder.respond(&rejection(refusal, retry_after), &head))
+            };
+            let mut grpc = Request::new(());
+            grpc.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(GRPC),
+            );
+            Arc::new(Prebuilt {
+                http: build(Request::new(())),
+                grpc: build(grpc),
+            })
+        });
+        Refuse {
+            responder,
+            retry_after,
+            prebuilt,
+        }
+    }
+
+    pub(crate) fn responder(&self) -> &Responder {
+        &self.responder
+    }
+
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
     pub(crate) fn respond(&self, refusal: Refusal, head: &RequestHead<'_>) -> Response<Bytes> {
-        let detail = match refusal {
-            Refusal::Full => "the service is at its concurrency limit",
-            Refusal::QueueFull => "the service is at its concurrency limit and its queue is full",
-            Refusal::TimedOut => "the request waited too long for the service to have capacity",
-            Refusal::Shed => "the request was shed to keep the service's latency down",
-        };
         tracing::debug!(
             method = %head.method,
             path = head.uri.path(),
             reason = ?refusal,
             "request refused"
         );
-        let mut rejection = Rejection::overloaded(detail);
-        if let Some(after) = self.retry_after {
-            rejection = rejection.with_retry_after(after);
+        if let Some(prebuilt) = &self.prebuilt {
+            let index = REFUSALS.iter().position(|r| *r == refusal).unwrap_or(0);
+            if !head.is_grpc() {
+                return prebuilt.http[index].clone();
+            }
+            if head
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|ct| ct == GRPC)
+            {
+                return prebuilt.grpc[index].clone();
+            }
         }
-        self.responder.respond(&rejection, head)
+        self.responder
+            .respond(&rejection(refusal, self.retry_after), head)
     }
 }
 

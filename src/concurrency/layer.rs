@@ -68,10 +68,7 @@ impl<A: LimitAlgorithm> ConcurrencyLimitLayer<A> {
             extractor: Global,
             keyed: false,
             missing: MissingKey::Reject,
-            refuse: Refuse {
-                responder: Responder::default(),
-                retry_after: Some(Duration::from_secs(1)),
-            },
+            refuse: Refuse::new(Responder::default(), Some(Duration::from_secs(1))),
             partition: None,
             name: "default",
             gate: Arc::default(),
@@ -98,14 +95,14 @@ impl<A, K, C> ConcurrencyLimitLayer<A, K, C> {
 
     /// The `Retry-After` sent with refusals (default 1 s; `None` sends none).
     pub fn retry_after(mut self, after: Option<Duration>) -> Self {
-        self.refuse.retry_after = after;
+        self.refuse = Refuse::new(self.refuse.responder().clone(), after);
         self
     }
 
     /// How refusals are answered (default: problem+json, or gRPC `UNAVAILABLE`
     /// for gRPC requests).
     pub fn responder(mut self, responder: Responder) -> Self {
-        self.refuse.responder = responder;
+        self.refuse = Refuse::new(responder, self.refuse.retry_after());
         self
     }
 

@@ -119,7 +119,7 @@ where
                             ResponseFuture::ready(
                                 shared
                                     .refuse
-                                    .responder
+                                    .responder()
                                     .respond(&rejection, &RequestHead::of(&request)),
                             )
                         }

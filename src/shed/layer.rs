@@ -59,10 +59,7 @@ impl<A: LimitAlgorithm> LoadShedLayer<A> {
                 },
                 shares: Vec::new(),
             },
-            refuse: Refuse {
-                responder: Responder::default(),
-                retry_after: Some(Duration::from_secs(1)),
-            },
+            refuse: Refuse::new(Responder::default(), Some(Duration::from_secs(1))),
             priority: None,
             bypass: None,
             name: "default",
@@ -115,14 +112,14 @@ impl<A, C> LoadShedLayer<A, C> {
 
     /// The `Retry-After` sent with refusals (default 1 s; `None` sends none).
     pub fn retry_after(mut self, after: Option<Duration>) -> Self {
-        self.refuse.retry_after = after;
+        self.refuse = Refuse::new(self.refuse.responder().clone(), after);
         self
     }
 
     /// How refusals are answered (default: problem+json, or gRPC `UNAVAILABLE`
     /// for gRPC requests).
     pub fn responder(mut self, responder: Responder) -> Self {
-        self.refuse.responder = responder;
+        self.refuse = Refuse::new(responder, self.refuse.retry_after());
         self
     }
 
