@@ -75,3 +75,46 @@ where
         tracing::trace!(before = len, after = kept, "swept idle concurrency keys");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::concurrency::Fixed;
+    use crate::concurrency::gate::Discipline;
+    use std::num::NonZeroUsize;
+    use std::time::Duration;
+
+    fn config() -> GateConfig {
+        GateConfig {
+            capacity: 0,
+            discipline: Discipline::Fifo {
+                timeout: Duration::ZERO,
+            },
+            shares: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn idle_keys_are_swept_so_a_flood_of_keys_stays_bounded() {
+        let gates = KeyedGates::<u32, Fixed, ManualClock>::new();
+        let (algorithm, clock, config) =
+            (Fixed::new(NonZeroUsize::MIN), ManualClock::new(), config());
+
+        // One key stays busy: its gate must survive every sweep.
+        let busy = gates.get(u32::MAX, &algorithm, &clock, &config);
+        for key in 0..10_000 {
+            drop(gates.get(key, &algorithm, &clock, &config));
+            assert!(
+                gates.gates.len() <= 2 * SWEEP_FLOOR,
+                "{} gates kept",
+                gates.gates.len()
+            );
+        }
+        assert!(gates.gates.contains_key(&u32::MAX));
+        assert!(Arc::ptr_eq(
+            &busy,
+            &gates.get(u32::MAX, &algorithm, &clock, &config)
+        ));
+    }
+}
