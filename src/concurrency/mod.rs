@@ -76,9 +76,21 @@
 //!
 //! # Behaviour on bad input
 //!
-//! There is no request input to misread: the layer only counts. Invalid settings
+//! The layer only counts requests; the one thing it reads from a per-key request
+//! is its key, and a request without one gets the extractor's problem+json
+//! (400 for a missing header) before it reaches the service. Invalid settings
 //! (bounds the wrong way round, shares outside (0, 1] or adding up past 1) panic
 //! when the layer is built, with a message naming the setting.
+//!
+//! # Limitations
+//!
+//! - Limits are per process: there is no shared concurrency limit across a fleet
+//!   (a concurrency count held in Redis would leak permits whenever an instance
+//!   died mid-request).
+//! - A per-key adaptive limit is forgotten when its key goes idle and is swept.
+//! - [`Vegas`] and [`Gradient`] re-measure their baseline on a fixed schedule,
+//!   not the jittered one of their published versions, so their sequences of
+//!   limits are reproducible; instances started together probe together.
 
 mod admission;
 mod aimd;
