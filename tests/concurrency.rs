@@ -144,14 +144,6 @@ async fn in_flight_never_exceeds_the_limit_with_64_tasks_waiting_in_line() {
     let handle = layer.handle();
     let service = layer.layer(held.service());
 
-    // Lets calls finish one at a time while the tasks hammer the limiter.
-    let release = held.release.clone();
-    let releaser = tokio::spawn(async move {
-        for _ in 0..TASKS * EACH {
-            release.add_permits(1);
-            tokio::task::yield_now().await;
-        }
-    });
     let tasks: Vec<_> = (0..TASKS)
         .map(|_| {
             let service = service.clone();
@@ -168,6 +160,27 @@ async fn in_flight_never_exceeds_the_limit_with_64_tasks_waiting_in_line() {
         })
         .collect();
 
+    // Nothing is released yet: exactly 8 run and the other 56 wait.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while held.running.load(Ordering::SeqCst) < 8 || handle.queued() < TASKS - 8 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the limiter never filled"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(held.running.load(Ordering::SeqCst), 8);
+    assert_eq!(handle.in_flight(), 8);
+    assert_eq!(handle.queued(), TASKS - 8);
+
+    // Let calls finish one at a time while the tasks hammer the limiter.
+    let release = held.release.clone();
+    let releaser = tokio::spawn(async move {
+        for _ in 0..TASKS * EACH {
+            release.add_permits(1);
+            tokio::task::yield_now().await;
+        }
+    });
     let mut ok = 0;
     for task in tasks {
         ok += task.await.unwrap();
