@@ -12,6 +12,8 @@
 //! | `rate_limit` | `rate-limit` | token bucket (GCRA) and leaky bucket quotas per key, with the IETF `RateLimit` headers |
 //! | `compression` | `compression-gzip`, `-deflate`, `-br`, `-zstd` (`compression-full`) | negotiated response compression that flushes streams, and request decompression with size and ratio limits |
 //! | [`cache`] | `cache` | an RFC 9111 response cache (in memory or Redis) with revalidation, request collapsing and an `ETag` layer |
+//! | `concurrency` | `concurrency` | concurrency limits: static, per key, adaptive (AIMD, Vegas, Gradient2, Envoy's gradient), partitions |
+//! | `shed` | `shed` | load shedding: a CoDel queue with adaptive LIFO, priority classes and a bypass |
 //!
 //! # Shared building blocks
 //!
@@ -44,8 +46,12 @@ pub mod cache;
 pub mod clock;
 #[cfg(feature = "compression")]
 pub mod compression;
+#[cfg(feature = "concurrency")]
+pub mod concurrency;
 pub mod key;
 #[cfg(feature = "rate-limit")]
 pub mod rate_limit;
 pub mod reject;
+#[cfg(feature = "shed")]
+pub mod shed;
 pub mod store;

@@ -392,6 +392,13 @@ impl Responder {
         }
     }
 
+    /// Whether this is a standard responder, whose answer to a plain HTTP (not
+    /// gRPC) request depends on the rejection alone, so a layer may build it once
+    /// and clone it.
+    pub(crate) fn is_standard(&self) -> bool {
+        matches!(self.kind, ResponderKind::Standard { .. })
+    }
+
     /// The response for `rejection` of `request`.
     pub fn respond(&self, rejection: &Rejection, request: &RequestHead<'_>) -> Response<Bytes> {
         match &self.kind {

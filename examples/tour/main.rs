@@ -9,6 +9,8 @@ mod basics;
 mod cache;
 #[cfg(feature = "compression-gzip")]
 mod compression;
+#[cfg(feature = "concurrency")]
+mod concurrency;
 mod rate_limit;
 
 use std::net::SocketAddr;
@@ -33,6 +35,8 @@ async fn main() {
     compression::run().await;
     #[cfg(feature = "cache")]
     cache::run().await;
+    #[cfg(feature = "concurrency")]
+    concurrency::run().await;
 
     println!(
         "\nTour finished in {:.1} s.",

@@ -1,0 +1,187 @@
+//! The lock-free counts behind a gate: requests in flight, the limit, and how
+//! many wait in line.
+//!
+//! The common case, room under the limit and nobody waiting, costs one
+//! compare-and-swap to admit and one subtraction to release, with no lock. The
+//! line itself sits behind the gate's mutex; the handshake between the two is
+//! the classic one: a request about to wait publishes the line's new length
+//! *before* it checks for room one last time, and a releaser frees its slot
+//! *before* it reads the line's length. A sequentially consistent fence between
+//! the write and the read on each side makes one of the two see the other, so a
+//! freed slot is never missed by a waiter. The `loom` model at the end checks this on every interleaving
+//! (`RUSTFLAGS="--cfg tower_toolbox_loom" cargo test --release --lib admission`).
+
+#[cfg(tower_toolbox_loom)]
+use loom::sync::atomic::{AtomicUsize, Ordering::SeqCst, fence};
+#[cfg(not(tower_toolbox_loom))]
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst, fence};
+
+#[derive(Debug)]
+pub(crate) struct Admission {
+    in_flight: AtomicUsize,
+    limit: AtomicUsize,
+    waiting: AtomicUsize,
+}
+
+impl Admission {
+    pub(crate) fn new(limit: usize) -> Self {
+        Admission {
+            in_flight: AtomicUsize::new(0),
+            limit: AtomicUsize::new(limit),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes a slot if nobody waits and the limit has room; returns the number
+    /// in flight, this request included.
+    #[inline]
+    pub(crate) fn try_take_first(&self) -> Option<usize> {
+        if self.waiting.load(SeqCst) != 0 {
+            return None;
+        }
+        self.try_take()
+    }
+
+    /// Takes a slot if the limit has room.
+    #[inline]
+    pub(crate) fn try_take(&self) -> Option<usize> {
+        let limit = self.limit.load(SeqCst);
+        let mut current = self.in_flight.load(SeqCst);
+        loop {
+            if current >= limit {
+                return None;
+            }
+            match self
+                .in_flight
+                .compare_exchange_weak(current, current + 1, SeqCst, SeqCst)
+            {
+                Ok(_) => return Some(current + 1),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Takes a slot whatever the limit (a partition claiming its share). Only
+    /// under the gate's lock.
+    pub(crate) fn force_take(&self) -> usize {
+        self.in_flight.fetch_add(1, SeqCst) + 1
+    }
+
+    /// Gives a slot back. Returns whether requests wait, in which case the
+    /// caller must take the lock and hand the slot on.
+    #[inline]
+    pub(crate) fn give_back(&self) -> bool {
+        self.in_flight.fetch_sub(1, SeqCst);
+        fence(SeqCst);
+        self.waiting.load(SeqCst) != 0
+    }
+
+    /// Publishes the line's length. Only under the gate's lock, and before the
+    /// last check for room when a request is about to wait.
+    pub(crate) fn set_waiting(&self, waiting: usize) {
+        self.waiting.store(waiting, SeqCst);
+        fence(SeqCst);
+    }
+
+    /// Sets the limit. Only under the gate's lock.
+    pub(crate) fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, SeqCst);
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(SeqCst)
+    }
+
+    pub(crate) fn limit(&self) -> usize {
+        self.limit.load(SeqCst)
+    }
+
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(SeqCst)
+    }
+}
+
+#[cfg(all(test, tower_toolbox_loom))]
+mod tests {
+    use super::Admission;
+    use loom::sync::{Arc, Mutex};
+    use loom::thread;
+
+    /// What the model's line holds: whether the waiter is queued, and whether a
+    /// slot was handed to it.
+    #[derive(Default)]
+    struct Line {
+        queued: bool,
+        granted: bool,
+    }
+
+    /// The waiter's side: try to take a slot; failing that, join the line the way
+    /// the gate does (publish, then check once more).
+    fn take_or_wait(admission: &Admission, line: &Mutex<Line>) -> bool {
+        if admission.try_take_first().is_some() {
+            return true;
+        }
+        let mut line = line.lock().unwrap();
+        admission.set_waiting(1);
+        if admission.try_take().is_some() {
+            admission.set_waiting(0);
+            return true;
+        }
+        line.queued = true;
+        false
+    }
+
+    /// The releaser's side: give the slot back and, if someone waits, hand a
+    /// slot on under the lock.
+    fn release(admission: &Admission, line: &Mutex<Line>) {
+        if admission.give_back() {
+            let mut line = line.lock().unwrap();
+            if line.queued && admission.try_take().is_some() {
+                line.queued = false;
+                line.granted = true;
+                admission.set_waiting(0);
+            }
+        }
+    }
+
+    #[test]
+    fn a_freed_slot_always_reaches_the_waiter() {
+        loom::model(|| {
+            let admission = Arc::new(Admission::new(1));
+            let line = Arc::new(Mutex::new(Line::default()));
+            assert_eq!(admission.try_take_first(), Some(1));
+
+            let releaser = {
+                let (admission, line) = (admission.clone(), line.clone());
+                thread::spawn(move || release(&admission, &line))
+            };
+            let took = take_or_wait(&admission, &line);
+            releaser.join().unwrap();
+
+            let line = line.lock().unwrap();
+            assert!(
+                took || line.granted,
+                "the waiter was left in line with a free slot"
+            );
+            assert_eq!(admission.in_flight(), 1);
+        });
+    }
+
+    #[test]
+    fn racing_takers_never_pass_the_limit() {
+        loom::model(|| {
+            let admission = Arc::new(Admission::new(1));
+            let other = {
+                let admission = admission.clone();
+                thread::spawn(move || admission.try_take_first().is_some())
+            };
+            let mine = admission.try_take_first().is_some();
+            let theirs = other.join().unwrap();
+            assert!(
+                mine ^ theirs,
+                "exactly one of two takers gets the only slot"
+            );
+            assert_eq!(admission.in_flight(), 1);
+        });
+    }
+}

@@ -1,0 +1,330 @@
+//! The response future and body of the concurrency and load-shedding layers.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::algorithm::Outcome;
+use super::gate::{Permit, Refusal, Wait};
+use crate::body::ResponseBody;
+use crate::clock::Clock;
+use crate::reject::{Rejection, RequestHead, Responder};
+
+/// How a layer words its refusals.
+///
+/// With the standard responder, the answers to plain HTTP requests and to gRPC
+/// requests sent as `application/grpc` (what tonic sends) depend on the refusal
+/// alone, so they are built once here and cloned per refusal (two small
+/// allocations for the header map, instead of building the JSON each time).
+#[derive(Clone, Debug)]
+pub(crate) struct Refuse {
+    responder: Responder,
+    retry_after: Option<Duration>,
+    prebuilt: Option<Arc<Prebuilt>>,
+}
+
+#[derive(Debug)]
+struct Prebuilt {
+    http: [Response<Bytes>; 4],
+    grpc: [Response<Bytes>; 4],
+}
+
+const GRPC: &str = "application/grpc";
+
+const REFUSALS: [Refusal; 4] = [
+    Refusal::Full,
+    Refusal::QueueFull,
+    Refusal::TimedOut,
+    Refusal::Shed,
+];
+
+fn rejection(refusal: Refusal, retry_after: Option<Duration>) -> Rejection {
+    let detail = match refusal {
+        Refusal::Full => "the service is at its concurrency limit",
+        Refusal::QueueFull => "the service is at its concurrency limit and its queue is full",
+        Refusal::TimedOut => "the request waited too long for the service to have capacity",
+        Refusal::Shed => "the request was shed to keep the service's latency down",
+    };
+    let rejection = Rejection::overloaded(detail);
+    match retry_after {
+        Some(after) => rejection.with_retry_after(after),
+        None => rejection,
+    }
+}
+
+impl Refuse {
+    pub(crate) fn new(responder: Responder, retry_after: Option<Duration>) -> Self {
+        let prebuilt = responder.is_standard().then(|| {
+            let build = |request: Request<()>| {
+                let head = RequestHead::of(&request);
+                REFUSALS.map(|refusal| responder.respond(&rejection(refusal, retry_after), &head))
+            };
+            let mut grpc = Request::new(());
+            grpc.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(GRPC),
+            );
+            Arc::new(Prebuilt {
+                http: build(Request::new(())),
+                grpc: build(grpc),
+            })
+        });
+        Refuse {
+            responder,
+            retry_after,
+            prebuilt,
+        }
+    }
+
+    pub(crate) fn responder(&self) -> &Responder {
+        &self.responder
+    }
+
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    pub(crate) fn respond(&self, refusal: Refusal, head: &RequestHead<'_>) -> Response<Bytes> {
+        tracing::debug!(
+            method = %head.method,
+            path = head.uri.path(),
+            reason = ?refusal,
+            "request refused"
+        );
+        if let Some(prebuilt) = &self.prebuilt {
+            let index = REFUSALS.iter().position(|r| *r == refusal).unwrap_or(0);
+            if !head.is_grpc() {
+                return prebuilt.http[index].clone();
+            }
+            if head
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|ct| ct == GRPC)
+            {
+                return prebuilt.grpc[index].clone();
+            }
+        }
+        self.responder
+            .respond(&rejection(refusal, self.retry_after), head)
+    }
+}
+
+pin_project! {
+    /// The future of [`ConcurrencyLimit`](super::ConcurrencyLimit) and
+    /// [`LoadShed`](crate::shed::LoadShed): waits in line if need be, calls the
+    /// inner service, and hands the permit to the response body.
+    pub struct ResponseFuture<S, B, C>
+    where
+        S: Service<Request<B>>,
+        C: Clock,
+    {
+        #[pin]
+        state: State<S, B, C>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B, C>
+    where
+        S: Service<Request<B>>,
+        C: Clock,
+    {
+        // Boxed: a waiter carries the request, the service and a timer, which
+        // would otherwise make every future large, also on the path that never
+        // waits.
+        Waiting {
+            waiting: Pin<Box<Waiting<S, B, C>>>,
+        },
+        Called {
+            #[pin]
+            future: S::Future,
+            permit: Option<Permit>,
+        },
+        Ready {
+            response: Option<Response<Bytes>>,
+        },
+    }
+}
+
+pin_project! {
+    struct Waiting<S, B, C>
+    where
+        C: Clock,
+    {
+        #[pin]
+        wait: Wait<C>,
+        service: Option<S>,
+        request: Option<Request<B>>,
+        refuse: Refuse,
+    }
+}
+
+impl<S, B, C> ResponseFuture<S, B, C>
+where
+    S: Service<Request<B>>,
+    C: Clock,
+{
+    pub(crate) fn called(future: S::Future, permit: Option<Permit>) -> Self {
+        ResponseFuture {
+            state: State::Called { future, permit },
+        }
+    }
+
+    pub(crate) fn waiting(wait: Wait<C>, service: S, request: Request<B>, refuse: Refuse) -> Self {
+        ResponseFuture {
+            state: State::Waiting {
+                waiting: Box::pin(Waiting {
+                    wait,
+                    service: Some(service),
+                    request: Some(request),
+                    refuse,
+                }),
+            },
+        }
+    }
+
+    pub(crate) fn ready(response: Response<Bytes>) -> Self {
+        ResponseFuture {
+            state: State::Ready {
+                response: Some(response),
+            },
+        }
+    }
+}
+
+impl<S, B, C> std::fmt::Debug for ResponseFuture<S, B, C>
+where
+    S: Service<Request<B>>,
+    C: Clock,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S, B, C, ResBody> Future for ResponseFuture<S, B, C>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    C: Clock,
+{
+    type Output = Result<Response<ResponseBody<PermitBody<ResBody>>>, S::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let next = match self.as_mut().project().state.project() {
+                StateProj::Called { future, permit } => {
+                    let result = ready!(future.poll(cx));
+                    let mut permit = permit.take();
+                    if let Some(permit) = &mut permit {
+                        permit.record(outcome(&result));
+                    }
+                    return Poll::Ready(result.map(|response| {
+                        response.map(|body| ResponseBody::new(PermitBody { body, permit }))
+                    }));
+                }
+                StateProj::Ready { response } => {
+                    let response = response
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                }
+                StateProj::Waiting { waiting } => {
+                    let waiting = waiting.as_mut().project();
+                    match ready!(waiting.wait.poll_permit(cx)) {
+                        Ok(permit) => {
+                            let mut service = waiting.service.take().expect("service taken once");
+                            let request = waiting.request.take().expect("request taken once");
+                            State::Called {
+                                future: service.call(request),
+                                permit: Some(permit),
+                            }
+                        }
+                        Err(refusal) => {
+                            let request = waiting.request.as_ref().expect("request still held");
+                            State::Ready {
+                                response: Some(
+                                    waiting.refuse.respond(refusal, &RequestHead::of(request)),
+                                ),
+                            }
+                        }
+                    }
+                }
+            };
+            self.as_mut().project().state.set(next);
+        }
+    }
+}
+
+/// How the limit algorithm reads a finished call: errors and the statuses of an
+/// overloaded service (503, 504) are drops.
+fn outcome<B, E>(result: &Result<Response<B>, E>) -> Outcome {
+    match result {
+        Ok(response)
+            if !matches!(
+                response.status(),
+                StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+            ) =>
+        {
+            Outcome::Success
+        }
+        _ => Outcome::Dropped,
+    }
+}
+
+pin_project! {
+    /// A response body that holds its request's permit until the body ends, fails
+    /// or is dropped, so a slow download still counts against the limit.
+    pub struct PermitBody<B> {
+        #[pin]
+        body: B,
+        permit: Option<Permit>,
+    }
+}
+
+impl<B: std::fmt::Debug> std::fmt::Debug for PermitBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PermitBody")
+            .field("body", &self.body)
+            .field("holds_permit", &self.permit.is_some())
+            .finish()
+    }
+}
+
+impl<B> Body for PermitBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.body.as_mut().poll_frame(cx));
+        match &frame {
+            Some(Ok(_)) if !this.body.is_end_stream() => {}
+            _ => drop(this.permit.take()),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -1,0 +1,608 @@
+//! Admission: the count of requests in flight, the limit, and the waiting line.
+//!
+//! One `Gate` guards one limit (the whole service, or one key). The counts live
+//! in an `Admission`: while there is room and nobody waits, admitting and
+//! releasing touch only those atomics. Everything else (the waiting line,
+//! partition shares, the limit algorithm) sits behind one mutex, held for a few
+//! dozen instructions and never across an await. Gates with partitions take the
+//! lock for every admission and release, since shares are counted under it.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge};
+
+use super::admission::Admission;
+use super::algorithm::{LimitAlgorithm, Outcome, Sample};
+use super::permit::Slots;
+pub(crate) use super::permit::{Permit, Wait};
+use crate::clock::{Clock, Timestamp};
+
+/// Number of priority classes a queue keeps apart; class 0 is served first.
+pub(crate) const CLASSES: usize = 3;
+
+/// How the waiting line orders and drops waiters.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Discipline {
+    /// First come, first served; a waiter gives up after `timeout`.
+    Fifo { timeout: Duration },
+    /// Controlled delay: once the line has not been empty for `interval`, waiters
+    /// older than `target` are shed and the newest is served first.
+    #[cfg_attr(not(feature = "shed"), allow(dead_code))]
+    CoDel {
+        target: Duration,
+        interval: Duration,
+    },
+}
+
+/// Why a request was not admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The limit was reached and the layer does not queue.
+    Full,
+    /// The limit was reached and the waiting line was full.
+    QueueFull,
+    /// The request waited as long as it may.
+    TimedOut,
+    /// The request was dropped from the line to keep latency down.
+    Shed,
+}
+
+/// The gauges and counters of one gate.
+#[derive(Clone, Debug)]
+pub(crate) struct Metrics {
+    pub(crate) limit: Gauge,
+    pub(crate) in_flight: Gauge,
+    pub(crate) queued: Gauge,
+    pub(crate) rejected: Counter,
+    pub(crate) shed: Counter,
+}
+
+impl Metrics {
+    /// Handles registered once, labelled with the layer's name.
+    pub(crate) fn register(layer: &'static str, name: &'static str) -> Self {
+        Metrics {
+            limit: metrics::gauge!("tower_toolbox_concurrency_limit", "layer" => layer, "name" => name),
+            in_flight: metrics::gauge!("tower_toolbox_concurrency_in_flight", "layer" => layer, "name" => name),
+            queued: metrics::gauge!("tower_toolbox_concurrency_queued", "layer" => layer, "name" => name),
+            rejected: metrics::counter!("tower_toolbox_concurrency_rejected_total", "layer" => layer, "name" => name),
+            shed: metrics::counter!("tower_toolbox_shed_total", "layer" => layer, "name" => name),
+        }
+    }
+
+    /// Handles that record nothing: per-key gates would make one series per key.
+    pub(crate) fn noop() -> Self {
+        Metrics {
+            limit: Gauge::noop(),
+            in_flight: Gauge::noop(),
+            queued: Gauge::noop(),
+            rejected: Counter::noop(),
+            shed: Counter::noop(),
+        }
+    }
+}
+
+/// The settings a gate is built from.
+#[derive(Clone, Debug)]
+pub(crate) struct GateConfig {
+    /// Waiters the line holds; zero refuses at once when full.
+    pub(crate) capacity: usize,
+    pub(crate) discipline: Discipline,
+    /// Each partition's share of the limit, in (0, 1]; empty for no partitions.
+    pub(crate) shares: Vec<f64>,
+}
+
+pub(crate) struct Gate<A, C> {
+    admission: Admission,
+    partitioned: bool,
+    state: Mutex<State<A>>,
+    clock: C,
+    adaptive: bool,
+    metrics: Metrics,
+}
+
+struct State<A> {
+    algorithm: A,
+    partitions: Vec<Share>,
+    line: Line,
+    next_id: u64,
+    /// Waiters that were granted a permit or shed but have not yet seen it.
+    decided: Vec<(u64, Decision)>,
+}
+
+struct Share {
+    fraction: f64,
+    limit: usize,
+    in_flight: usize,
+}
+
+struct Line {
+    classes: [VecDeque<Waiter>; CLASSES],
+    len: usize,
+    capacity: usize,
+    discipline: Discipline,
+    /// When the line last went from empty to busy.
+    busy_since: Timestamp,
+}
+
+struct Waiter {
+    id: u64,
+    enqueued: Timestamp,
+    partition: usize,
+    waker: Option<Waker>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Decision {
+    Admitted { in_flight: usize },
+    Shed,
+}
+
+/// What [`Gate::acquire`] decided.
+pub(crate) enum Acquire<C: Clock> {
+    Admitted(Permit),
+    Queued(Wait<C>),
+    Refused(Refusal),
+}
+
+impl<A, C> Gate<A, C>
+where
+    A: LimitAlgorithm,
+    C: Clock,
+{
+    pub(crate) fn new(algorithm: A, clock: C, config: &GateConfig, metrics: Metrics) -> Self {
+        let limit = algorithm.initial_limit().get();
+        let adaptive = algorithm.is_adaptive();
+        metrics.limit.set(limit as f64);
+        let mut state = State {
+            algorithm,
+            partitions: config
+                .shares
+                .iter()
+                .map(|&fraction| Share {
+                    fraction,
+                    limit: 0,
+                    in_flight: 0,
+                })
+                .collect(),
+            line: Line {
+                classes: Default::default(),
+                len: 0,
+                capacity: config.capacity,
+                discipline: config.discipline,
+                busy_since: Timestamp::ZERO,
+            },
+            next_id: 0,
+            decided: Vec::new(),
+        };
+        state.resize_partitions(limit);
+        Gate {
+            admission: Admission::new(limit),
+            partitioned: !config.shares.is_empty(),
+            state: Mutex::new(state),
+            clock,
+            adaptive,
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<A>> {
+        // Every critical section leaves the state consistent before anything that
+        // could panic, so a poisoned lock is still sound to use.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Admits a request of `partition` and priority `class` now, queues it, or
+    /// refuses it.
+    pub(crate) fn acquire(self: &Arc<Self>, partition: usize, class: usize) -> Acquire<C> {
+        if !self.partitioned {
+            if let Some(in_flight) = self.admission.try_take_first() {
+                self.metrics.in_flight.set(in_flight as f64);
+                return Acquire::Admitted(self.permit(partition, in_flight));
+            }
+        }
+
+        let mut state = self.lock();
+        let admission = &self.admission;
+        if let Some(in_flight) = state.try_admit(admission, partition) {
+            drop(state);
+            self.metrics.in_flight.set(in_flight as f64);
+            return Acquire::Admitted(self.permit(partition, in_flight));
+        }
+        if state.line.capacity == 0 {
+            drop(state);
+            self.metrics.rejected.increment(1);
+            return Acquire::Refused(Refusal::Full);
+        }
+
+        let now = self.clock.now();
+        let mut wake = Vec::new();
+        let was_busy = state.line.len > 0;
+        let shed = state.shed_stale(admission, now, &mut wake);
+        let full = state.line.len >= state.line.capacity;
+        let evicted = full && state.evict_below(admission, class, &mut wake);
+        if full && !evicted {
+            drop(state);
+            self.metrics.shed.increment(shed);
+            self.metrics.rejected.increment(1);
+            wake.into_iter().for_each(Waker::wake);
+            return Acquire::Refused(Refusal::QueueFull);
+        }
+        let shed = shed + u64::from(evicted);
+
+        // Publish the longer line, then look for room once more: a release that
+        // read the old length has already freed its slot, and it is seen here.
+        admission.set_waiting(state.line.len + 1);
+        if let Some(in_flight) = state.try_admit(admission, partition) {
+            admission.set_waiting(state.line.len);
+            drop(state);
+            self.metrics.shed.increment(shed);
+            wake.into_iter().for_each(Waker::wake);
+            return Acquire::Admitted(self.permit(partition, in_flight));
+        }
+
+        let id = state.next_id;
+        state.next_id += 1;
+        // A line emptied just now by shedding is still a standing queue: the
+        // newcomer joins the same busy period.
+        if !was_busy {
+            state.line.busy_since = now;
+        }
+        state.line.classes[class].push_back(Waiter {
+            id,
+            enqueued: now,
+            partition,
+            waker: None,
+        });
+        state.line.len += 1;
+        let queued = state.line.len;
+        let patience = match state.line.discipline {
+            Discipline::Fifo { timeout } => timeout,
+            Discipline::CoDel { interval, .. } => interval,
+        };
+        drop(state);
+
+        self.metrics.queued.set(queued as f64);
+        self.metrics.shed.increment(shed);
+        wake.into_iter().for_each(Waker::wake);
+        let gate: Arc<dyn Slots> = self.clone();
+        Acquire::Queued(Wait {
+            gate: Some(gate),
+            id,
+            partition,
+            sleep: self.clock.sleep_until(now + patience),
+        })
+    }
+
+    fn permit(self: &Arc<Self>, partition: usize, in_flight: usize) -> Permit {
+        let gate: Arc<dyn Slots> = self.clone();
+        Permit {
+            gate,
+            partition,
+            started: self.stamp(),
+            in_flight,
+            recorded: false,
+        }
+    }
+
+    /// The current limit.
+    pub(crate) fn limit(&self) -> usize {
+        self.admission.limit()
+    }
+
+    /// Requests holding a permit.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.admission.in_flight()
+    }
+
+    /// Requests waiting in line.
+    pub(crate) fn queued(&self) -> usize {
+        self.admission.waiting()
+    }
+
+    /// Hands freed slots to waiters, then wakes them outside the lock.
+    fn settle(&self, mut state: MutexGuard<'_, State<A>>) {
+        let now = match state.line.len {
+            0 => Timestamp::ZERO,
+            _ => self.clock.now(),
+        };
+        let mut wake = Vec::new();
+        let shed = state.dispatch(&self.admission, now, &mut wake);
+        let queued = state.line.len;
+        drop(state);
+
+        if !wake.is_empty() || shed > 0 {
+            self.metrics.queued.set(queued as f64);
+            self.metrics.shed.increment(shed);
+            wake.into_iter().for_each(Waker::wake);
+        }
+    }
+}
+
+impl<A> State<A> {
+    /// Takes a slot for a request of `partition` if the limit, or the
+    /// partition's share, has room.
+    fn try_admit(&mut self, admission: &Admission, partition: usize) -> Option<usize> {
+        if self.partitions.is_empty() {
+            return admission.try_take();
+        }
+        // Partitioned gates count under this lock only, so reading then adding is
+        // not a race. A partition below its share is admitted even when others
+        // have borrowed the rest of the limit.
+        let below_share = self
+            .partitions
+            .get(partition)
+            .is_some_and(|share| share.in_flight < share.limit);
+        if admission.in_flight() >= admission.limit() && !below_share {
+            return None;
+        }
+        if let Some(share) = self.partitions.get_mut(partition) {
+            share.in_flight += 1;
+        }
+        Some(admission.force_take())
+    }
+
+    fn could_admit(&self, admission: &Admission, partition: usize) -> bool {
+        admission.in_flight() < admission.limit()
+            || self
+                .partitions
+                .get(partition)
+                .is_some_and(|share| share.in_flight < share.limit)
+    }
+
+    fn release_share(&mut self, partition: usize) {
+        if let Some(share) = self.partitions.get_mut(partition) {
+            share.in_flight -= 1;
+        }
+    }
+
+    fn resize_partitions(&mut self, limit: usize) {
+        for share in &mut self.partitions {
+            share.limit = ((limit as f64 * share.fraction).ceil() as usize).max(1);
+        }
+    }
+
+    fn overloaded(&self, now: Timestamp) -> Option<Duration> {
+        match self.line.discipline {
+            Discipline::CoDel { target, interval }
+                if self.line.len > 0
+                    && now.saturating_duration_since(self.line.busy_since) > interval =>
+            {
+                Some(target)
+            }
+            _ => None,
+        }
+    }
+
+    /// Under CoDel overload, sheds every waiter older than the target. Returns
+    /// how many.
+    fn shed_stale(&mut self, admission: &Admission, now: Timestamp, wake: &mut Vec<Waker>) -> u64 {
+        let Some(target) = self.overloaded(now) else {
+            return 0;
+        };
+        let mut shed = 0;
+        for class in 0..CLASSES {
+            // Waiters sit in arrival order, so the stale ones are at the front.
+            while let Some(front) = self.line.classes[class].front() {
+                if now.saturating_duration_since(front.enqueued) <= target {
+                    break;
+                }
+                let waiter = self.line.classes[class].pop_front().expect("front exists");
+                self.line.len -= 1;
+                self.decide(waiter, Decision::Shed, wake);
+                shed += 1;
+            }
+        }
+        admission.set_waiting(self.line.len);
+        shed
+    }
+
+    /// Makes room for a waiter of `class` by shedding the newest waiter of the
+    /// lowest class below it.
+    fn evict_below(&mut self, admission: &Admission, class: usize, wake: &mut Vec<Waker>) -> bool {
+        for lower in (class + 1..CLASSES).rev() {
+            if let Some(waiter) = self.line.classes[lower].pop_back() {
+                self.line.len -= 1;
+                admission.set_waiting(self.line.len);
+                self.decide(waiter, Decision::Shed, wake);
+                return true;
+            }
+        }
+        false
+    }
+
+    fn decide(&mut self, waiter: Waiter, decision: Decision, wake: &mut Vec<Waker>) {
+        self.decided.push((waiter.id, decision));
+        if let Some(waker) = waiter.waker {
+            wake.push(waker);
+        }
+    }
+
+    /// Sheds stale waiters, then grants slots to waiters while the limit
+    /// allows: higher classes first; oldest first, or newest first while CoDel
+    /// sees a standing line. Returns how many were shed.
+    fn dispatch(&mut self, admission: &Admission, now: Timestamp, wake: &mut Vec<Waker>) -> u64 {
+        if self.line.len == 0 {
+            return 0;
+        }
+        let shed = self.shed_stale(admission, now, wake);
+        let newest_first = self.overloaded(now).is_some();
+        while let Some((class, index)) = self.next_waiter(admission, newest_first) {
+            let partition = self.line.classes[class][index].partition;
+            // A request arriving without the lock may have taken the slot first.
+            let Some(in_flight) = self.try_admit(admission, partition) else {
+                break;
+            };
+            let waiter = self.line.classes[class]
+                .remove(index)
+                .expect("index in range");
+            self.line.len -= 1;
+            admission.set_waiting(self.line.len);
+            self.decide(waiter, Decision::Admitted { in_flight }, wake);
+        }
+        shed
+    }
+
+    fn next_waiter(&self, admission: &Admission, newest_first: bool) -> Option<(usize, usize)> {
+        if self.partitions.is_empty() && admission.in_flight() >= admission.limit() {
+            return None;
+        }
+        for (class, line) in self.line.classes.iter().enumerate() {
+            let admissible = |waiter: &Waiter| self.could_admit(admission, waiter.partition);
+            let found = if newest_first {
+                line.iter().rposition(admissible)
+            } else {
+                line.iter().position(admissible)
+            };
+            if let Some(index) = found {
+                return Some((class, index));
+            }
+        }
+        None
+    }
+
+    fn take_decision(&mut self, id: u64) -> Option<Decision> {
+        let index = self.decided.iter().position(|(d, _)| *d == id)?;
+        Some(self.decided.swap_remove(index).1)
+    }
+
+    fn remove_waiter(&mut self, admission: &Admission, id: u64) -> bool {
+        for line in &mut self.line.classes {
+            if let Some(index) = line.iter().position(|w| w.id == id) {
+                line.remove(index);
+                self.line.len -= 1;
+                admission.set_waiting(self.line.len);
+                return true;
+            }
+        }
+        false
+    }
+}
+
+impl<A, C> Slots for Gate<A, C>
+where
+    A: LimitAlgorithm,
+    C: Clock,
+{
+    fn release(&self, partition: usize) {
+        if self.partitioned {
+            let mut state = self.lock();
+            state.release_share(partition);
+            self.admission.give_back();
+            self.settle(state);
+        } else if self.admission.give_back() {
+            self.settle(self.lock());
+        }
+        self.metrics
+            .in_flight
+            .set(self.admission.in_flight() as f64);
+    }
+
+    fn record(&self, started: Timestamp, in_flight: usize, outcome: Outcome) {
+        if !self.adaptive {
+            return;
+        }
+        let at = self.clock.now();
+        let sample = Sample {
+            at,
+            rtt: at.saturating_duration_since(started),
+            in_flight,
+            outcome,
+        };
+        let mut state = self.lock();
+        let limit = state.algorithm.update(&sample).get();
+        let old = self.admission.limit();
+        if limit == old {
+            return;
+        }
+        tracing::debug!(from = old, to = limit, "concurrency limit changed");
+        self.admission.set_limit(limit);
+        state.resize_partitions(limit);
+        self.metrics.limit.set(limit as f64);
+        self.settle(state);
+    }
+
+    fn stamp(&self) -> Timestamp {
+        if self.adaptive {
+            self.clock.now()
+        } else {
+            Timestamp::ZERO
+        }
+    }
+
+    fn poll_decision(&self, id: u64, waker: &Waker) -> Option<Decision> {
+        let mut state = self.lock();
+        if let Some(decision) = state.take_decision(id) {
+            return Some(decision);
+        }
+        let waiter = state
+            .line
+            .classes
+            .iter_mut()
+            .flat_map(|line| line.iter_mut())
+            .find(|w| w.id == id);
+        if let Some(waiter) = waiter {
+            match &mut waiter.waker {
+                Some(old) if old.will_wake(waker) => {}
+                slot => *slot = Some(waker.clone()),
+            }
+        }
+        None
+    }
+
+    fn expire(&self, id: u64) -> Option<Decision> {
+        let mut state = self.lock();
+        if let Some(decision) = state.take_decision(id) {
+            return Some(decision);
+        }
+        if state.remove_waiter(&self.admission, id) {
+            let queued = state.line.len;
+            drop(state);
+            self.metrics.queued.set(queued as f64);
+        }
+        None
+    }
+
+    fn abandon(&self, id: u64, partition: usize) {
+        let mut state = self.lock();
+        match state.take_decision(id) {
+            // Granted but never used: pass the permit on.
+            Some(Decision::Admitted { .. }) => {
+                state.release_share(partition);
+                self.admission.give_back();
+                self.settle(state);
+            }
+            Some(Decision::Shed) => {}
+            None => {
+                state.remove_waiter(&self.admission, id);
+            }
+        }
+    }
+}
+
+/// What a [`LimitHandle`](super::LimitHandle) reads.
+pub(crate) trait Observe: Send + Sync {
+    fn limit(&self) -> usize;
+    fn in_flight(&self) -> usize;
+    fn queued(&self) -> usize;
+}
+
+impl<A, C> Observe for Gate<A, C>
+where
+    A: LimitAlgorithm,
+    C: Clock,
+{
+    fn limit(&self) -> usize {
+        Gate::limit(self)
+    }
+
+    fn in_flight(&self) -> usize {
+        Gate::in_flight(self)
+    }
+
+    fn queued(&self) -> usize {
+        Gate::queued(self)
+    }
+}
