@@ -395,6 +395,7 @@ impl Responder {
     /// Whether this is a standard responder, whose answer to a plain HTTP (not
     /// gRPC) request depends on the rejection alone, so a layer may build it once
     /// and clone it.
+    #[cfg(feature = "concurrency")]
     pub(crate) fn is_standard(&self) -> bool {
         matches!(self.kind, ResponderKind::Standard { .. })
     }

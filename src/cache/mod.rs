@@ -115,7 +115,7 @@
 //! The in-memory store is a moka cache weighed in bytes
 //! ([`max_bytes`](CacheLayer::max_bytes)), each entry kept while fresh plus its
 //! stale windows, and [longer](CacheLayer::keep_stale) when it has a validator.
-//! With the `redis` feature, [`CacheLayer::redis`] adds a Redis tier behind it,
+//! With the `redis` feature, `CacheLayer::redis` adds a Redis tier behind it,
 //! shared by every instance.
 //!
 //! # Limitations
