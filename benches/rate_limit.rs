@@ -1,10 +1,18 @@
 //! Rate limiting beside `governor` and `tower_governor`, in the same groups.
 //!
-//! Groups: one check on a hot key; a check across 100k keys; the first sight of a
-//! new key; the whole layer on an allowed request. Before the groups run, it prints
-//! bytes per key at 1M keys and allocations per allowed request, both measured by a
-//! counting allocator, and, when `redis-server` is installed, Redis decisions per
-//! second on one connection.
+//! Criterion groups, ours beside the peer in each:
+//! - `rate_limit/hot_key`: one check on one key;
+//! - `rate_limit/100k_keys`: a check on one of 100,000 known keys;
+//! - `rate_limit/new_key`: the first sight of a key (tables restart empty every
+//!   1,048,576 keys, so neither grows without bound);
+//! - `rate_limit/layer_allowed`: the whole layer on an allowed request, beside
+//!   `tower_governor` and the bare inner service (the overhead is the difference);
+//! - `rate_limit/redis_one_connection` (`redis` feature, `redis-server` on the
+//!   PATH): decisions per second on one connection, beside a bare `PING`.
+//!
+//! Before the groups, with `--bench`, it prints two counts measured by a counting
+//! allocator: live bytes per key after inserting 1,000,000 keys, and allocations
+//! per allowed request through the layer, for ours and the peer.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
@@ -17,7 +25,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use criterion::{BatchSize, Criterion, criterion_group};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group};
 use http::{Request, Response};
 use http_body_util::Full;
 use tower::{Layer, Service};
@@ -115,23 +123,40 @@ fn many_keys(c: &mut Criterion) {
     group.finish();
 }
 
+/// Keys a table takes before the new-key benchmarks start over with an empty one,
+/// so neither table grows without bound however long criterion runs.
+const NEW_KEYS_PER_TABLE: u64 = 1 << 20;
+
+/// Times `iters` first sightings of distinct keys, in tables of up to
+/// [`NEW_KEYS_PER_TABLE`] keys each; making and dropping the tables is not timed.
+fn time_new_keys<L>(
+    iters: u64,
+    make: impl Fn() -> L,
+    check: impl Fn(&L, &IpAddr) -> bool,
+) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(NEW_KEYS_PER_TABLE);
+        let table = make();
+        let started = Instant::now();
+        for i in 0..n {
+            black_box(check(&table, &ip(i as u32)));
+        }
+        total += started.elapsed();
+        drop(table);
+        left -= n;
+    }
+    total
+}
+
 fn new_key(c: &mut Criterion) {
     let mut group = c.benchmark_group("rate_limit/new_key");
-    let limiter = ours();
-    let mut next = 0u32;
     group.bench_function("tower-toolbox", |b| {
-        b.iter(|| {
-            next = next.wrapping_add(1);
-            black_box(limiter.check(&ip(next)).is_ok())
-        })
+        b.iter_custom(|iters| time_new_keys(iters, ours, |l, key| l.check(key).is_ok()))
     });
-    let governor = theirs();
-    let mut next = 0u32;
     group.bench_function("governor", |b| {
-        b.iter(|| {
-            next = next.wrapping_add(1);
-            black_box(governor.check_key(&ip(next)).is_ok())
-        })
+        b.iter_custom(|iters| time_new_keys(iters, theirs, |l, key| l.check_key(key).is_ok()))
     });
     group.finish();
 }
@@ -234,7 +259,8 @@ fn layer_allowed(c: &mut Criterion) {
     group.finish();
 }
 
-/// Allocations per allowed request through a layer, request construction excluded.
+/// Allocations per allowed request through a service, request construction
+/// excluded (the inner service's own allocations included: subtract "no layer").
 fn allocations_per_request<S, B>(mut service: S) -> f64
 where
     S: Service<Request<Body>, Response = Response<B>, Error = Infallible>,
@@ -290,86 +316,162 @@ fn report() {
         "bytes per key at 1M keys: tower-toolbox {ours_bytes:.1}, governor {theirs_bytes:.1} (ratio {:.2})",
         ours_bytes / theirs_bytes
     );
+    let bare = allocations_per_request(inner());
+    let ours = allocations_per_request(our_layer());
+    let theirs = allocations_per_request(their_layer());
     eprintln!(
-        "allocations per allowed request through the layer: tower-toolbox {:.2}, tower_governor {:.2}",
-        allocations_per_request(our_layer()),
-        allocations_per_request(their_layer())
+        "allocations per allowed request, the inner service's {bare:.2} subtracted: \
+         tower-toolbox {:.2}, tower_governor {:.2}",
+        ours - bare,
+        theirs - bare
     );
-    redis_report();
 }
 
-/// Decisions per second against a local redis-server on one connection, one at a
-/// time and with 64 in flight. Skipped, with a note, when Redis is not installed.
-fn redis_report() {
-    use std::process::{Command, Stdio};
+/// A `redis-server` on a free loopback port, killed on drop.
+#[cfg(feature = "redis")]
+struct RedisChild(std::process::Child, u16);
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let Ok(mut child) = child else {
-        eprintln!("redis decisions per second: skipped (redis-server is not installed)");
+#[cfg(feature = "redis")]
+impl RedisChild {
+    fn start() -> Option<Self> {
+        use std::process::{Command, Stdio};
+
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .ok()?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(RedisChild(child, port))
+    }
+}
+
+#[cfg(feature = "redis")]
+impl Drop for RedisChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Decisions per second on one Redis connection: one decision at a time, and 64
+/// in flight (pipelined on the multiplexed connection). `governor` has no Redis
+/// backend; the floor beside them is a bare `PING` on the same connection, the
+/// least any one-round-trip decision can cost.
+#[cfg(feature = "redis")]
+fn redis_decisions(c: &mut Criterion) {
+    let Some(server) = RedisChild::start() else {
+        eprintln!("rate_limit/redis: skipped (redis-server is not installed)");
         return;
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(async {
-        let store = tower_toolbox::store::RedisStore::open(&format!("redis://127.0.0.1:{port}/"))
+    let (store, service) = runtime.block_on(async {
+        let url = format!("redis://127.0.0.1:{}/", server.1);
+        let store = tower_toolbox::store::RedisStore::open(&url)
             .unwrap()
             .with_timeout(Duration::from_secs(1));
         let layer = RateLimitLayer::builder()
             .quota(Quota::per_second(HUGE))
-            .redis(store)
+            .redis(store.clone())
             .build()
             .unwrap();
-        let service = layer.layer(inner());
-        for (in_flight, total) in [(1usize, 5_000usize), (64, 50_000)] {
-            let started = Instant::now();
-            let tasks: Vec<_> = (0..in_flight)
-                .map(|_| {
-                    let mut service = service.clone();
-                    tokio::spawn(async move {
-                        for _ in 0..total / in_flight {
-                            let response = service.call(request()).await.unwrap();
-                            assert_eq!(response.status(), 200);
-                        }
-                    })
-                })
-                .collect();
-            for task in tasks {
-                task.await.unwrap();
-            }
-            let rate = total as f64 / started.elapsed().as_secs_f64();
-            eprintln!(
-                "redis decisions per second, one connection, {in_flight} in flight: {rate:.0}"
-            );
-        }
+        (store, layer.layer(inner()))
     });
-    let _ = child.kill();
-    let _ = child.wait();
+
+    let mut group = c.benchmark_group("rate_limit/redis_one_connection");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("PING round trip", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let pong: String = store
+                .call(|mut connection| async move {
+                    redis::cmd("PING").query_async(&mut connection).await
+                })
+                .await
+                .unwrap();
+            black_box(pong)
+        })
+    });
+    group.bench_function("tower-toolbox decision", |b| {
+        b.to_async(&runtime).iter(|| {
+            let mut service = service.clone();
+            async move {
+                let response = service.call(request()).await.unwrap();
+                assert_eq!(response.status(), 200);
+            }
+        })
+    });
+    group.throughput(Throughput::Elements(64));
+    group.bench_function("tower-toolbox decisions, 64 in flight", |b| {
+        b.to_async(&runtime).iter(|| {
+            let service = service.clone();
+            async move {
+                let calls = (0..64).map(|_| {
+                    let mut service = service.clone();
+                    async move { service.call(request()).await.unwrap().status() }
+                });
+                for status in futures_join_all(calls).await {
+                    assert_eq!(status, 200);
+                }
+            }
+        })
+    });
+    group.finish();
+    drop(server);
 }
 
-criterion_group!(benches, hot_key, many_keys, new_key, layer_allowed);
+#[cfg(not(feature = "redis"))]
+fn redis_decisions(_: &mut Criterion) {
+    eprintln!("rate_limit/redis_one_connection: skipped (built without the `redis` feature)");
+}
+
+/// Runs `futures` concurrently on this task and collects their outputs in order.
+#[cfg(feature = "redis")]
+async fn futures_join_all<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = futures.map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in pinned.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().map(Option::unwrap).collect()
+}
+
+criterion_group!(
+    benches,
+    hot_key,
+    many_keys,
+    new_key,
+    layer_allowed,
+    redis_decisions
+);
 
 fn main() {
     // `cargo bench --no-run` builds this; `cargo test --benches` runs it in test

@@ -219,7 +219,7 @@ async fn headers_parse_as_structured_fields() {
         .await
         .unwrap();
 
-    use sfv::{BareItem, FieldType, List, ListEntry, Parser};
+    use sfv::{BareItem, List, ListEntry, Parser};
     let parse = |name: &str| -> List {
         Parser::new(response.headers()[name].to_str().unwrap())
             .parse::<List>()
@@ -257,7 +257,6 @@ async fn headers_parse_as_structured_fields() {
         params(&state, 1, "hourly"),
         [("r".into(), 999), ("t".into(), 4)]
     );
-    let _ = policy.serialize();
 
     assert_eq!(response.headers()["x-ratelimit-limit"], "10");
     assert_eq!(response.headers()["x-ratelimit-remaining"], "9");
@@ -265,6 +264,61 @@ async fn headers_parse_as_structured_fields() {
 }
 
 #[tokio::test]
+async fn a_refusal_carries_the_same_structured_fields_and_retry_after() {
+    use sfv::{BareItem, List, ListEntry, Parser};
+
+    let clock = ManualClock::new();
+    let layer = RateLimitLayer::builder()
+        .quota(Quota::per_minute(nz(3)).named("per-ip"))
+        .headers(Headers::BOTH)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let mut service = layer.layer_service(ok_service(Arc::default()));
+    for _ in 0..3 {
+        assert_eq!(status(&mut service, from("192.0.2.4")).await, 200);
+    }
+    clock.advance(Duration::from_millis(1500));
+    let refused = service
+        .ready()
+        .await
+        .unwrap()
+        .call(from("192.0.2.4"))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    let list = Parser::new(refused.headers()["ratelimit"].to_str().unwrap())
+        .parse::<List>()
+        .unwrap();
+    assert_eq!(list.len(), 1);
+    let ListEntry::Item(item) = &list[0] else {
+        panic!("not an item")
+    };
+    assert_eq!(
+        item.bare_item,
+        BareItem::String(sfv::String::from_string("per-ip".to_owned()).unwrap())
+    );
+    let params: Vec<(String, i64)> = item
+        .params
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.as_integer().unwrap().into()))
+        .collect();
+    // 58.5 s until full, rounded up; nothing left.
+    assert_eq!(params, [("r".to_owned(), 0), ("t".to_owned(), 59)]);
+    let policy = Parser::new(refused.headers()["ratelimit-policy"].to_str().unwrap())
+        .parse::<List>()
+        .unwrap();
+    assert_eq!(policy.len(), 1);
+    // The next request passes in 18.5 s: never announced earlier than that.
+    assert_eq!(refused.headers()["retry-after"], "19");
+    assert_eq!(refused.headers()["x-ratelimit-remaining"], "0");
+    assert_eq!(refused.headers()["x-ratelimit-reset"], "59");
+}
+
+/// Sixteen worker threads, released together by a barrier, race on one key: the
+/// one-quota path (a compare-and-swap under a shared lock) admits exactly 1000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 16)]
 async fn sixteen_tasks_on_one_key_admit_exactly_the_quota() {
     let layer = RateLimitLayer::builder()
         .quota(Quota::per_hour(nz(1000)))
@@ -277,11 +331,14 @@ async fn sixteen_tasks_on_one_key_admit_exactly_the_quota() {
 
     let admitted = Arc::new(AtomicUsize::new(0));
     let refused = Arc::new(AtomicUsize::new(0));
+    let start = Arc::new(tokio::sync::Barrier::new(16));
     let tasks: Vec<_> = (0..16)
         .map(|_| {
             let mut service = service.clone();
             let (admitted, refused) = (admitted.clone(), refused.clone());
+            let start = start.clone();
             tokio::spawn(async move {
+                start.wait().await;
                 for _ in 0..200 {
                     match status(&mut service, from("192.0.2.1")).await {
                         200 => admitted.fetch_add(1, Ordering::SeqCst),
@@ -300,7 +357,9 @@ async fn sixteen_tasks_on_one_key_admit_exactly_the_quota() {
     assert_eq!(calls.load(Ordering::SeqCst), 1000);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// The same race on a plan of two quotas (all or nothing under the shard's
+/// exclusive lock): exactly the smaller quota is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 16)]
 async fn sixteen_threads_on_one_key_admit_exactly_the_quota() {
     let layer = RateLimitLayer::builder()
         .quota(Quota::per_hour(nz(500)).named("a"))
@@ -311,11 +370,14 @@ async fn sixteen_threads_on_one_key_admit_exactly_the_quota() {
         .unwrap();
     let service = layer.layer_service(ok_service(Arc::default()));
     let admitted = Arc::new(AtomicUsize::new(0));
+    let start = Arc::new(tokio::sync::Barrier::new(16));
     let tasks: Vec<_> = (0..16)
         .map(|_| {
             let mut service = service.clone();
             let admitted = admitted.clone();
+            let start = start.clone();
             tokio::spawn(async move {
+                start.wait().await;
                 for _ in 0..100 {
                     if status(&mut service, from("192.0.2.1")).await == 200 {
                         admitted.fetch_add(1, Ordering::SeqCst);
@@ -484,11 +546,37 @@ fn bad_configuration_is_refused_at_build_time() {
         Quota::with_period(Duration::ZERO).unwrap_err().to_string(),
         "a quota's replenish period must be longer than zero"
     );
-    assert!(matches!(
-        RateLimitLayer::builder().plan(Plan::new()).build(),
-        Err(ConfigError::EmptyPlan)
-    ));
-    // Zero rate and zero burst cannot even be written: they take NonZeroU32.
+    assert_eq!(
+        RateLimitLayer::builder()
+            .plan(Plan::new())
+            .build()
+            .unwrap_err()
+            .to_string(),
+        "a rate limit plan needs at least one quota"
+    );
+    let twice = RateLimitLayer::builder()
+        .quota(Quota::per_second(nz(1)).named("a"))
+        .quota(Quota::per_hour(nz(9)).named("a"))
+        .build()
+        .unwrap_err();
+    assert_eq!(twice, ConfigError::DuplicateName("a".into()));
+    assert_eq!(twice.to_string(), "two quotas of one plan are named \"a\"");
+    let five = (0..5).fold(RateLimitLayer::builder(), |b, i| {
+        b.quota(Quota::per_second(nz(1)).named(format!("q{i}")))
+    });
+    assert_eq!(
+        five.build().unwrap_err().to_string(),
+        "a plan holds at most 4 quotas, this one has 5"
+    );
+    assert_eq!(
+        RateLimitLayer::builder()
+            .quota(LeakyBucket::per_second(nz(1)).named("a\"b\n"))
+            .build()
+            .unwrap_err(),
+        ConfigError::InvalidName("a\"b\n".into())
+    );
+    // A zero rate or burst does not compile (they take `NonZeroU32`): see the
+    // `compile_fail` examples on `Quota`, run by `cargo test --doc`.
 }
 
 #[tokio::test]
@@ -502,12 +590,19 @@ async fn memory_stays_under_the_cap_during_a_flood_of_random_ipv6_clients() {
         .unwrap();
     let mut service = layer.clone().layer_service(ok_service(Arc::default()));
     let mut seed = 0x1234_5678_9abc_def0_u64;
-    for _ in 0..50_000 {
+    for i in 0..50_000 {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
         let ip = std::net::Ipv6Addr::from((u128::from(seed) << 64) | 1);
         assert_eq!(status(&mut service, from(&format!("[{ip}]"))).await, 200);
+        if i % 64 == 0 {
+            assert!(
+                layer.tracked_entries() <= 4096,
+                "{i}: {}",
+                layer.tracked_entries()
+            );
+        }
     }
     assert!(
         layer.tracked_entries() <= 4096,
@@ -522,36 +617,43 @@ async fn memory_stays_under_the_cap_during_a_flood_of_random_ipv6_clients() {
     );
 }
 
-/// Starts `n` requests from one client at once; returns, per request, the
-/// seconds of manual time after which it completed, or `None` if refused.
-async fn nginx_case(bucket: LeakyBucket, n: usize) -> Vec<Option<u64>> {
+/// Sends `n` requests from one new client at the same instant, in order, and
+/// steps the manual clock a millisecond at a time. Returns each request's status
+/// and the milliseconds after which its response was ready; also checks that the
+/// delayed requests wait on timers (one pending sleep each), not by polling.
+async fn nginx_case(bucket: LeakyBucket, n: usize, delayed: usize) -> Vec<(u16, u64)> {
     let clock = ManualClock::new();
     let layer = RateLimitLayer::builder()
         .quota(bucket)
         .clock(clock.clone())
         .build()
         .unwrap();
-    let service = layer.layer_service(ok_service(Arc::default()));
+    let mut service = layer.layer_service(ok_service(Arc::default()));
+
+    // `call` decides at once, so the arrival order is the order of the calls.
     let mut handles = Vec::new();
     for _ in 0..n {
-        let mut service = service.clone();
-        let handle = tokio::spawn(async move { status(&mut service, from("192.0.2.50")).await });
-        handles.push(handle);
-        // Let each request reach the layer in order.
+        let response = service.ready().await.unwrap().call(from("192.0.2.50"));
+        handles.push(tokio::spawn(async move {
+            response.await.unwrap().status().as_u16()
+        }));
+    }
+    for _ in 0..5 {
         tokio::task::yield_now().await;
     }
-    let mut done: Vec<Option<Option<u64>>> = vec![None; n];
-    for second in 0..=10u64 {
-        for _ in 0..5 {
+    assert_eq!(clock.pending_sleeps(), delayed);
+
+    let mut done: Vec<Option<(u16, u64)>> = vec![None; n];
+    for ms in 0..=8_000u64 {
+        for _ in 0..3 {
             tokio::task::yield_now().await;
         }
         for (i, handle) in handles.iter_mut().enumerate() {
             if done[i].is_none() && handle.is_finished() {
-                let status = handle.await.unwrap();
-                done[i] = Some(if status == 200 { Some(second) } else { None });
+                done[i] = Some((handle.await.unwrap(), ms));
             }
         }
-        clock.advance(Duration::from_secs(1));
+        clock.advance(Duration::from_millis(1));
     }
     done.into_iter()
         .map(|d| d.expect("every request finished"))
@@ -560,28 +662,136 @@ async fn nginx_case(bucket: LeakyBucket, n: usize) -> Vec<Option<u64>> {
 
 #[tokio::test]
 async fn leaky_bucket_matches_nginx_burst_5() {
-    let got = nginx_case(LeakyBucket::per_second(nz(1)).burst(5), 7).await;
+    let got = nginx_case(LeakyBucket::per_second(nz(1)).burst(5), 7, 5).await;
     assert_eq!(
         got,
-        [Some(0), Some(1), Some(2), Some(3), Some(4), Some(5), None]
+        [
+            (200, 0),
+            (200, 1_000),
+            (200, 2_000),
+            (200, 3_000),
+            (200, 4_000),
+            (200, 5_000),
+            (429, 0)
+        ]
     );
 }
 
 #[tokio::test]
 async fn leaky_bucket_matches_nginx_burst_5_delay_2() {
-    let got = nginx_case(LeakyBucket::per_second(nz(1)).burst(5).delay(2), 7).await;
+    let got = nginx_case(LeakyBucket::per_second(nz(1)).burst(5).delay(2), 7, 3).await;
     assert_eq!(
         got,
-        [Some(0), Some(0), Some(0), Some(1), Some(2), Some(3), None]
+        [
+            (200, 0),
+            (200, 0),
+            (200, 0),
+            (200, 1_000),
+            (200, 2_000),
+            (200, 3_000),
+            (429, 0)
+        ]
     );
 }
 
 #[tokio::test]
 async fn leaky_bucket_matches_nginx_burst_5_nodelay() {
-    let got = nginx_case(LeakyBucket::per_second(nz(1)).burst(5).nodelay(), 7).await;
+    let got = nginx_case(LeakyBucket::per_second(nz(1)).burst(5).nodelay(), 7, 0).await;
     assert_eq!(
         got,
-        [Some(0), Some(0), Some(0), Some(0), Some(0), Some(0), None]
+        [
+            (200, 0),
+            (200, 0),
+            (200, 0),
+            (200, 0),
+            (200, 0),
+            (200, 0),
+            (429, 0)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_delayed_request_passes_on_the_nanosecond_not_before() {
+    let clock = ManualClock::new();
+    let layer = RateLimitLayer::builder()
+        .quota(LeakyBucket::per_second(nz(1)).burst(5))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let mut service = layer.layer_service(ok_service(Arc::default()));
+    assert_eq!(status(&mut service, from("192.0.2.51")).await, 200);
+    clock.advance(Duration::from_millis(250));
+    // The bucket leaked a quarter of a request: the second waits 750 ms.
+    let mut second = Box::pin(service.ready().await.unwrap().call(from("192.0.2.51")));
+    clock.advance(Duration::from_nanos(749_999_999));
+    assert!(futures_poll_once(&mut second).await.is_none());
+    clock.advance(Duration::from_nanos(1));
+    let response = futures_poll_once(&mut second).await.expect("due now");
+    assert_eq!(response.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_leaky_bucket_refusal_says_when_a_place_frees_up() {
+    let clock = ManualClock::new();
+    let layer = RateLimitLayer::builder()
+        .quota(LeakyBucket::per_second(nz(2)).burst(1))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let mut service = layer.layer_service(ok_service(Arc::default()));
+    assert_eq!(status(&mut service, from("192.0.2.52")).await, 200);
+    let _waiting = service.ready().await.unwrap().call(from("192.0.2.52"));
+    clock.advance(Duration::from_millis(100));
+    let refused = service
+        .ready()
+        .await
+        .unwrap()
+        .call(from("192.0.2.52"))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    // One place frees up 400 ms from now: rounded up, 1 s.
+    assert_eq!(refused.headers()["retry-after"], "1");
+}
+
+#[tokio::test]
+async fn dry_run_counts_a_leaky_bucket_as_nginx_would_but_never_delays() {
+    let clock = ManualClock::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = RateLimitLayer::builder()
+        .quota(LeakyBucket::per_second(nz(1)).burst(2))
+        .headers(Headers::IETF)
+        .dry_run(true)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let mut service = layer.layer_service(ok_service(calls.clone()));
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let response = service
+            .ready()
+            .await
+            .unwrap()
+            .call(from("192.0.2.53"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        seen.push(response.headers()["ratelimit"].to_str().unwrap().to_owned());
+    }
+    assert_eq!(clock.pending_sleeps(), 0);
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+    // The two that nginx would delay took their places; the last two would be
+    // refused and took nothing.
+    assert_eq!(
+        seen,
+        [
+            r#""default";r=2;t=1"#,
+            r#""default";r=1;t=2"#,
+            r#""default";r=0;t=3"#,
+            r#""default";r=0;t=3"#,
+            r#""default";r=0;t=3"#,
+        ]
     );
 }
 

@@ -23,11 +23,21 @@ fn nz(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap()
 }
 
+/// The store timeout of these tests.
+const TIMEOUT: Duration = Duration::from_millis(200);
+
+/// How long past the timeout a decision may take: scheduling on a loaded machine.
+const SLACK: Duration = Duration::from_millis(300);
+
 fn store(server: &RedisServer, prefix: &str) -> RedisStore {
-    RedisStore::open(&server.url())
+    store_at(&server.url(), prefix)
+}
+
+fn store_at(url: &str, prefix: &str) -> RedisStore {
+    RedisStore::open(url)
         .unwrap()
         .with_prefix(prefix)
-        .with_timeout(Duration::from_millis(200))
+        .with_timeout(TIMEOUT)
 }
 
 #[tokio::test]
@@ -148,7 +158,7 @@ async fn redis_down_fails_open_within_the_timeout_and_recovers() {
         let started = Instant::now();
         assert_eq!(status(&mut service, from("192.0.2.2")).await, 200);
         assert!(
-            started.elapsed() < Duration::from_secs(2),
+            started.elapsed() < TIMEOUT + SLACK,
             "{:?}",
             started.elapsed()
         );
@@ -184,7 +194,17 @@ async fn redis_down_fails_closed_with_503_and_recovers() {
         response.headers()["content-type"],
         "application/problem+json"
     );
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(
+        started.elapsed() < TIMEOUT + SLACK,
+        "{:?}",
+        started.elapsed()
+    );
+    // Every request while it is down gets the same answer, none of them late.
+    for _ in 0..3 {
+        let started = Instant::now();
+        assert_eq!(status(&mut service, from("192.0.2.3")).await, 503);
+        assert!(started.elapsed() < TIMEOUT + SLACK);
+    }
 
     server.restart();
     wait_until_enforced(&mut service, "192.0.2.4").await;
@@ -211,11 +231,91 @@ where
     }
 }
 
+/// A server that accepts connections and never answers: Redis hung, not gone.
+async fn silent_server() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("redis://{}/", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test]
+async fn a_hung_redis_fails_open_at_the_timeout_not_later() {
+    let (url, task) = silent_server().await;
+    let layer = RateLimitLayer::builder()
+        .quota(Quota::per_hour(nz(1)))
+        .headers(Headers::IETF)
+        .redis(store_at(&url, "hung").with_failure_mode(FailureMode::Open))
+        .build()
+        .unwrap();
+    let mut service = layer.layer(ok_service(Arc::default()));
+    for _ in 0..2 {
+        let started = Instant::now();
+        let response = service
+            .ready()
+            .await
+            .unwrap()
+            .call(from("192.0.2.1"))
+            .await
+            .unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(response.status(), StatusCode::OK);
+        // The state is unknown, so no RateLimit header claims anything.
+        assert!(response.headers().get("ratelimit").is_none());
+        assert!(elapsed >= TIMEOUT, "{elapsed:?}");
+        assert!(elapsed < TIMEOUT + SLACK, "{elapsed:?}");
+    }
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_hung_redis_fails_closed_at_the_timeout_not_later() {
+    let (url, task) = silent_server().await;
+    let layer = RateLimitLayer::builder()
+        .quota(Quota::per_hour(nz(1)))
+        .redis(store_at(&url, "hung").with_failure_mode(FailureMode::Closed))
+        .build()
+        .unwrap();
+    let mut service = layer.layer(ok_service(Arc::default()));
+    let grpc = || {
+        let mut request = from("192.0.2.1");
+        request
+            .headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        request
+    };
+    let started = Instant::now();
+    let response = service
+        .ready()
+        .await
+        .unwrap()
+        .call(from("192.0.2.1"))
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(elapsed >= TIMEOUT, "{elapsed:?}");
+    assert!(elapsed < TIMEOUT + SLACK, "{elapsed:?}");
+
+    let started = Instant::now();
+    let response = service.ready().await.unwrap().call(grpc()).await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(response.headers()["grpc-status"], "14");
+    assert!(elapsed < TIMEOUT + SLACK, "{elapsed:?}");
+    task.abort();
+}
+
 #[tokio::test]
 async fn a_known_refusal_is_answered_without_redis() {
     let mut server = RedisServer::start();
     let layer = RateLimitLayer::builder()
         .quota(Quota::per_hour(nz(1)))
+        .headers(Headers::IETF)
         .redis(store(&server, "cache").with_failure_mode(FailureMode::Open))
         .build()
         .unwrap();
@@ -230,6 +330,7 @@ async fn a_known_refusal_is_answered_without_redis() {
         .unwrap();
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(refused.headers()["retry-after"], "3600");
+    assert_eq!(refused.headers()["ratelimit"], r#""default";r=0;t=3600"#);
 
     // With Redis gone a store call would fail open and let it through; the
     // local cache refuses it, so no call was made.
@@ -248,6 +349,12 @@ async fn a_known_refusal_is_answered_without_redis() {
         .parse()
         .unwrap();
     assert!((3599..=3600).contains(&retry));
+    // The headers still describe the bucket, brought forward to now.
+    let ratelimit = refused.headers()["ratelimit"].to_str().unwrap();
+    assert!(
+        ratelimit == r#""default";r=0;t=3600"# || ratelimit == r#""default";r=0;t=3599"#,
+        "{ratelimit}"
+    );
 }
 
 #[tokio::test]

@@ -187,9 +187,10 @@ impl<K, C, P> Builder<K, C, P> {
         self
     }
 
-    /// The most entries (one per key and quota) kept in memory. When full, keys
-    /// whose bucket is full again are dropped first (they carry no information),
-    /// then those nearest to full, a shard at a time.
+    /// The most entries (one per key and quota) kept in memory: a hard cap, never
+    /// rounded up (but at least [`MAX_QUOTAS`](super::MAX_QUOTAS), so one key always
+    /// fits). When full, keys whose bucket is full again are dropped first (they
+    /// carry no information), then those nearest to full, a shard at a time.
     pub fn max_keys(mut self, max: NonZeroUsize) -> Self {
         self.settings.max_keys = max;
         self

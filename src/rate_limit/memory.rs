@@ -1,10 +1,14 @@
 //! In-memory state: one theoretical arrival time per key and quota, in a sharded
-//! table with a hard cap on keys.
+//! table with a hard cap on entries.
 //!
-//! Written on `std` maps rather than `dashmap` because a request checks all the
-//! quotas of its plan under one lock (so a refused request consumes none), and
-//! because eviction must sweep one shard at a time; `dashmap` locks per entry and
-//! exposes its shards only through an `unsafe` raw API.
+//! Each shard is a `std` hash map behind a reader-writer lock, and each TAT an
+//! `AtomicU64`. A request on a known key of a one-quota plan takes the shared lock
+//! and updates its TAT with a compare-and-swap, as `dashmap`'s read path would;
+//! inserting, evicting and updating the several quotas of a plan at once (all or
+//! nothing, so a refused request consumes none) take the exclusive lock of that
+//! one shard. Written on `std` rather than on `dashmap` because eviction sweeps
+//! one shard at a time and must see the shard's entries together, and `dashmap`
+//! gives access to its shards only behind its `raw-api` feature.
 //!
 //! Keys arrive hashed to 64 bits with a per-process random seed (see the module
 //! docs of `rate_limit` for what a collision means). All quotas of one key live in
@@ -12,9 +16,9 @@
 //! quota's entry is the key's hash with those bits left intact.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock};
 
 use super::gcra::Check;
 use super::quota::{MAX_QUOTAS, Plan};
@@ -159,42 +163,53 @@ impl Hasher for Identity {
     }
 }
 
-type Shard = HashMap<u64, u64, BuildHasherDefault<Identity>>;
+type Shard = HashMap<u64, AtomicU64, BuildHasherDefault<Identity>>;
 
 #[repr(align(128))]
-struct Padded(Mutex<Shard>);
+struct Padded(RwLock<Shard>);
 
 /// The in-memory state of a rate limit layer.
 pub(crate) struct MemoryState {
     shards: Box<[Padded]>,
+    /// `shards.len() - 1`; the shard count is a power of two.
+    shard_mask: usize,
     shard_capacity: usize,
 }
 
 impl MemoryState {
-    /// A table holding at most about `max_entries` entries (one per key and quota).
+    /// A table holding at most `max_entries` entries (one per key and quota), or
+    /// [`MAX_QUOTAS`] if that is more: a key's quotas always fit in its shard.
     pub(crate) fn new(max_entries: usize) -> Self {
-        let shard_capacity = max_entries.div_ceil(SHARDS).max(MAX_QUOTAS);
-        let shards = (0..SHARDS)
-            .map(|_| Padded(Mutex::new(Shard::default())))
-            .collect();
+        // As many shards as keep each one able to hold a whole key, up to 64, so
+        // the per-shard caps add up to no more than `max_entries`.
+        let mut shards = SHARDS;
+        while shards > 1 && max_entries / shards < MAX_QUOTAS {
+            shards /= 2;
+        }
+        let shard_capacity = (max_entries / shards).max(MAX_QUOTAS);
+        let shards = (0..shards)
+            .map(|_| Padded(RwLock::new(Shard::default())))
+            .collect::<Box<[_]>>();
         MemoryState {
+            shard_mask: shards.len() - 1,
             shards,
             shard_capacity,
         }
     }
 
-    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
-        let index = ((hash & SHARD_MASK) >> SHARD_SHIFT) as usize;
-        // A panic under this lock cannot leave a map half-updated in a way that
-        // matters: every entry is a plain number.
-        self.shards[index]
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn shard(&self, hash: u64) -> &RwLock<Shard> {
+        let index = (hash >> SHARD_SHIFT) as usize & self.shard_mask;
+        &self.shards[index].0
     }
 
     /// Checks and, when admitted, records a request of `cost` from the key with
     /// `hash` against `plan` at `now`.
+    ///
+    /// With one quota (the common case) a known key is updated lock-free: a
+    /// compare-and-swap of its TAT under the shard's shared lock, so requests on
+    /// one shard never wait for each other. A new key, eviction, and plans of
+    /// several quotas (whose all-or-nothing update must be atomic) take the
+    /// shard's exclusive lock.
     #[inline]
     pub(crate) fn check(
         &self,
@@ -204,42 +219,52 @@ impl MemoryState {
         now: u64,
         may_wait: bool,
     ) -> Verdict {
-        let mut shard = self.shard(hash);
-        let n = plan.plan.policies.len();
-
-        // One quota, the common case: one probe, updated in place.
-        if n == 1 {
+        let shard = self.shard(hash);
+        if plan.plan.policies.len() == 1 {
             let key = hash ^ plan.salts[0];
-            if shard.len() >= self.shard_capacity && !shard.contains_key(&key) {
-                self.evict(&mut shard, now);
+            {
+                // A panic under this lock cannot leave a map half-updated in a
+                // way that matters: every entry is a plain number.
+                let read = shard.read().unwrap_or_else(PoisonError::into_inner);
+                match read.get(&key) {
+                    Some(tat) => return compare_and_swap(tat, plan, cost, now, may_wait),
+                    None => {
+                        let (verdict, tats) = plan.decide(now, cost, may_wait, |_| 0);
+                        if !verdict.allowed || tats[0] <= now {
+                            // Nothing to store: refused, or the bucket stays full.
+                            return verdict;
+                        }
+                    }
+                }
             }
-            return match shard.entry(key) {
-                Entry::Occupied(mut slot) => {
-                    let (verdict, tats) = plan.decide(now, cost, may_wait, |_| *slot.get());
-                    if verdict.allowed {
-                        *slot.get_mut() = tats[0];
-                    }
-                    verdict
-                }
-                Entry::Vacant(slot) => {
-                    let (verdict, tats) = plan.decide(now, cost, may_wait, |_| 0);
-                    if verdict.allowed && tats[0] > now {
-                        slot.insert(tats[0]);
-                    }
-                    verdict
-                }
-            };
+            let mut write = shard.write().unwrap_or_else(PoisonError::into_inner);
+            if let Some(tat) = write.get(&key) {
+                // Another request stored the key in between.
+                return compare_and_swap(tat, plan, cost, now, may_wait);
+            }
+            let (verdict, tats) = plan.decide(now, cost, may_wait, |_| 0);
+            if verdict.allowed && tats[0] > now {
+                self.insert(&mut write, key, tats[0], now, 1);
+            }
+            return verdict;
         }
 
+        let mut write = shard.write().unwrap_or_else(PoisonError::into_inner);
+        let n = plan.plan.policies.len();
         let (verdict, tats) = plan.decide(now, cost, may_wait, |i| {
-            shard.get(&(hash ^ plan.salts[i])).copied().unwrap_or(0)
+            write
+                .get_mut(&(hash ^ plan.salts[i]))
+                .map_or(0, |tat| *tat.get_mut())
         });
         if verdict.allowed {
+            let new = (0..n)
+                .filter(|&i| tats[i] > now && !write.contains_key(&(hash ^ plan.salts[i])))
+                .count();
             for (i, &tat) in tats.iter().enumerate().take(n) {
                 let key = hash ^ plan.salts[i];
-                match shard.get_mut(&key) {
-                    Some(slot) => *slot = tat,
-                    None if tat > now => self.insert(&mut shard, key, tat, now),
+                match write.get_mut(&key) {
+                    Some(slot) => *slot.get_mut() = tat,
+                    None if tat > now => self.insert(&mut write, key, tat, now, new),
                     None => {}
                 }
             }
@@ -247,29 +272,32 @@ impl MemoryState {
         verdict
     }
 
-    fn insert(&self, shard: &mut Shard, key: u64, tat: u64, now: u64) {
-        if shard.len() >= self.shard_capacity {
-            self.evict(shard, now);
+    /// Inserts one of `new` entries about to be added for one key, evicting first
+    /// if they would not all fit.
+    fn insert(&self, shard: &mut Shard, key: u64, tat: u64, now: u64, new: usize) {
+        if shard.len() + new > self.shard_capacity {
+            self.evict(shard, now, new);
         }
-        shard.insert(key, tat);
+        shard.insert(key, AtomicU64::new(tat));
     }
 
-    /// Frees a quarter of a full shard: first the keys whose bucket is full again
-    /// (they carry no information), then those nearest to full.
+    /// Frees a quarter of a full shard (and at least room for `room` entries):
+    /// first the keys whose bucket is full again (they carry no information),
+    /// then those nearest to full.
     #[cold]
-    fn evict(&self, shard: &mut Shard, now: u64) {
+    fn evict(&self, shard: &mut Shard, now: u64, room: usize) {
         let before = shard.len();
-        shard.retain(|_, tat| *tat > now);
+        shard.retain(|_, tat| *tat.get_mut() > now);
 
-        let target = self.shard_capacity - self.shard_capacity / 4;
+        let target = self.shard_capacity - (self.shard_capacity / 4).max(room);
         if shard.len() > target {
             // The `excess` smallest TATs go; ties at the cut are broken arbitrarily
             // so exactly `excess` entries leave.
             let excess = shard.len() - target;
-            let mut tats: Vec<u64> = shard.values().copied().collect();
+            let mut tats: Vec<u64> = shard.values_mut().map(|tat| *tat.get_mut()).collect();
             let (below, &mut cut, _) = tats.select_nth_unstable(excess - 1);
             let mut ties = excess - below.iter().filter(|&&t| t < cut).count();
-            shard.retain(|_, tat| match (*tat).cmp(&cut) {
+            shard.retain(|_, tat| match (*tat.get_mut()).cmp(&cut) {
                 std::cmp::Ordering::Less => false,
                 std::cmp::Ordering::Equal if ties > 0 => {
                     ties -= 1;
@@ -289,13 +317,36 @@ impl MemoryState {
     pub(crate) fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.0.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .map(|s| s.0.read().unwrap_or_else(PoisonError::into_inner).len())
             .sum()
     }
 
     /// The most entries the table holds.
     pub(crate) fn capacity(&self) -> usize {
-        self.shard_capacity * SHARDS
+        self.shard_capacity * self.shards.len()
+    }
+}
+
+/// Decides a one-quota request against a stored TAT and, when admitted, swaps
+/// the new TAT in, retrying if another request changed it meanwhile.
+#[inline]
+fn compare_and_swap(
+    tat: &AtomicU64,
+    plan: &CompiledPlan,
+    cost: u32,
+    now: u64,
+    may_wait: bool,
+) -> Verdict {
+    let mut old = tat.load(Ordering::Acquire);
+    loop {
+        let (verdict, tats) = plan.decide(now, cost, may_wait, |_| old);
+        if !verdict.allowed || tats[0] == old {
+            return verdict;
+        }
+        match tat.compare_exchange_weak(old, tats[0], Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return verdict,
+            Err(current) => old = current,
+        }
     }
 }
 
@@ -356,11 +407,57 @@ mod tests {
     fn the_cap_holds_under_a_flood_of_distinct_keys() {
         let plan = plan(Plan::from(Quota::per_hour(nz(5))));
         let state = MemoryState::new(10_000);
+        assert_eq!(state.capacity(), 64 * (10_000 / 64));
         for i in 0..200_000u64 {
             state.check(mix(i), &plan, 1, SEC + i, false);
-            assert!(state.len() <= state.capacity());
+            if i % 97 == 0 {
+                assert!(state.len() <= 10_000);
+            }
         }
-        assert!(state.len() >= state.capacity() / 2);
+        assert!(state.len() <= 10_000);
+        assert!(state.len() >= state.capacity() * 3 / 4 - 64);
+    }
+
+    #[test]
+    fn the_cap_is_never_rounded_up() {
+        for max in [4, 5, 100, 255, 256, 1000, 4096, 1 << 20] {
+            let state = MemoryState::new(max);
+            assert!(state.capacity() <= max, "{max}: {}", state.capacity());
+            assert!(state.capacity() > max - max / 2, "{max}");
+        }
+        // Below one key's worth of quotas the shard still holds a whole key.
+        assert_eq!(MemoryState::new(1).capacity(), MAX_QUOTAS);
+    }
+
+    #[test]
+    fn a_key_with_four_quotas_fits_a_full_shard_of_the_smallest_table() {
+        let plan = plan((0..4).fold(Plan::new(), |p, i| {
+            p.quota(Quota::per_hour(nz(5)).named(format!("q{i}")))
+        }));
+        let state = MemoryState::new(4);
+        for i in 0..100u64 {
+            assert!(state.check(mix(i), &plan, 1, SEC, false).allowed);
+            assert!(state.len() <= 4, "{}", state.len());
+        }
+    }
+
+    #[test]
+    fn concurrent_checks_on_one_key_admit_exactly_the_burst() {
+        let plan = plan(Plan::from(Quota::per_hour(nz(1000))));
+        let state = MemoryState::new(1000);
+        let admitted = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..16 {
+                scope.spawn(|| {
+                    for _ in 0..200 {
+                        if state.check(99, &plan, 1, SEC, false).allowed {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(admitted.into_inner(), 1000);
     }
 
     #[test]

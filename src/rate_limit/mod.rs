@@ -66,8 +66,12 @@
 //! # State
 //!
 //! In memory, keys are hashed to 64 bits with a per-process random seed and kept in
-//! a sharded table, at most [`Builder::max_keys`] entries (default 1,048,576, about
-//! 36 bytes each). A key whose bucket is full again carries no information and is
+//! a table of up to 64 shards, at most [`Builder::max_keys`] entries in all (one
+//! per key and quota; default 1,048,576, about 36 bytes each; the cap is never
+//! rounded up, but is at least [`MAX_QUOTAS`]). A known key of a one-quota plan is
+//! updated lock-free, by a compare-and-swap of its TAT under the shard's shared
+//! lock; new keys and plans of several quotas take that shard's exclusive lock for
+//! one update. A key whose bucket is full again carries no information and is
 //! not stored; when a shard fills up, such keys are dropped first, then the ones
 //! nearest to full, one shard at a time (no global pause). Two distinct keys share
 //! a bucket only if their 64-bit hashes collide (about one chance in 10^7 among a

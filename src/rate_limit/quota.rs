@@ -30,6 +30,36 @@ const NANOS_PER_SEC: u64 = 1_000_000_000;
 /// let slow = Quota::with_period(Duration::from_secs(10)).unwrap(); // 1 every 10 s
 /// # let _ = (per_ip, slow);
 /// ```
+///
+/// # Zero rates and bursts do not build
+///
+/// A rate or burst of zero would admit nothing (or, as a period, everything), so
+/// they take [`NonZeroU32`] and a zero is refused by the compiler, with an error
+/// that names the expected type:
+///
+/// ```compile_fail,E0308
+/// # use tower_toolbox::rate_limit::Quota;
+/// let nothing = Quota::per_second(0);
+/// ```
+///
+/// ```compile_fail,E0308
+/// # use std::num::NonZeroU32;
+/// # use tower_toolbox::rate_limit::Quota;
+/// let nothing = Quota::per_minute(NonZeroU32::new(60).unwrap()).burst(0);
+/// ```
+///
+/// A rate written as a constant is checked while compiling too:
+///
+/// ```compile_fail,E0080
+/// # use std::num::NonZeroU32;
+/// # use tower_toolbox::rate_limit::Quota;
+/// const RATE: NonZeroU32 = NonZeroU32::new(0).unwrap();
+/// let nothing = Quota::per_second(RATE);
+/// ```
+///
+/// A rate read from configuration at run time goes through `NonZeroU32::new`,
+/// whose `None` the caller must handle; a zero [`with_period`](Self::with_period)
+/// is refused with [`ConfigError::ZeroPeriod`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Quota {
     interval: u64,

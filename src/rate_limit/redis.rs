@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
-use std::time::Duration;
 
 use redis::Script;
 
@@ -89,7 +88,8 @@ pub(crate) struct RedisLimiter {
     hasher: foldhash::fast::FixedState,
     /// Per plan, the script arguments after the first three.
     plan_args: Box<[Vec<String>]>,
-    denied: Mutex<HashMap<(u64, usize), (Timestamp, u8)>>,
+    /// Per key hash and plan: when the refusal was seen, and the verdict then.
+    denied: Mutex<HashMap<(u64, usize), (Timestamp, Verdict)>>,
 }
 
 impl RedisLimiter {
@@ -142,7 +142,7 @@ impl RedisLimiter {
         let hash = self.hasher.hash_one(key);
         let local_now = shared.clock.now();
 
-        if let Some(verdict) = self.known_denial(hash, plan, local_now) {
+        if let Some(verdict) = self.known_denial(hash, &shared.plans[plan], plan, local_now) {
             tracing::trace!(
                 hash,
                 "rate limit: refused from the local cache, no redis call"
@@ -156,7 +156,7 @@ impl RedisLimiter {
         invocation
             .key(redis_key)
             .arg(cost)
-            .arg(u8::from(slot.is_some()))
+            .arg(u8::from(slot.is_some() || shared.dry_run))
             .arg(shared.plans[plan].plan.policies.len());
         for arg in &self.plan_args[plan] {
             invocation.arg(arg.as_str());
@@ -232,28 +232,43 @@ impl RedisLimiter {
         Some(verdict)
     }
 
-    fn known_denial(&self, hash: u64, plan: usize, now: Timestamp) -> Option<Verdict> {
+    /// The remembered refusal of `hash` under `plan`, brought forward to `now`;
+    /// `None` once it has run out.
+    fn known_denial(
+        &self,
+        hash: u64,
+        plan: &CompiledPlan,
+        index: usize,
+        now: Timestamp,
+    ) -> Option<Verdict> {
         let denied = self.denied.lock().unwrap_or_else(PoisonError::into_inner);
-        let &(until, bits) = denied.get(&(hash, plan))?;
-        (until > now).then(|| Verdict {
-            allowed: false,
-            wait: 0,
-            retry_after: until.saturating_duration_since(now).as_nanos() as u64,
-            denied: bits,
-            quotas: Default::default(),
-        })
+        let &(seen, ref verdict) = denied.get(&(hash, index))?;
+        let elapsed = now.saturating_duration_since(seen).as_nanos() as u64;
+        if elapsed >= verdict.retry_after {
+            return None;
+        }
+        let mut verdict = *verdict;
+        verdict.retry_after -= elapsed;
+        for (state, policy) in verdict.quotas.iter_mut().zip(&plan.plan.policies) {
+            // The buckets kept refilling since: same arithmetic as the script's.
+            state.reset = state.reset.saturating_sub(elapsed);
+            state.remaining =
+                policy.limit.capacity.saturating_sub(state.reset) / policy.limit.interval;
+        }
+        Some(verdict)
     }
 
     fn remember_denial(&self, hash: u64, plan: usize, now: Timestamp, verdict: &Verdict) {
-        let until = now + Duration::from_nanos(verdict.retry_after);
         let mut denied = self.denied.lock().unwrap_or_else(PoisonError::into_inner);
         if denied.len() >= MAX_DENIED {
-            denied.retain(|_, (until, _)| *until > now);
+            denied.retain(|_, (seen, verdict)| {
+                now.saturating_duration_since(*seen).as_nanos() < u128::from(verdict.retry_after)
+            });
             if denied.len() >= MAX_DENIED {
                 denied.clear();
             }
         }
-        denied.insert((hash, plan), (until, verdict.denied));
+        denied.insert((hash, plan), (now, *verdict));
     }
 }
 

@@ -201,8 +201,10 @@ where
             Backend::Memory(state) => {
                 let hash = shared.hasher.hash_one(&key);
                 let now = shared.clock.now();
-                let verdict =
-                    state.check(hash, compiled, class.cost, now.as_nanos(), slot.is_some());
+                // A dry run counts a request that would wait as nginx would (it
+                // takes its place in the bucket), but lets it through at once.
+                let may_wait = slot.is_some() || shared.dry_run;
+                let verdict = state.check(hash, compiled, class.cost, now.as_nanos(), may_wait);
 
                 // The common case first, without building a `Next`: admitted, no wait.
                 if verdict.allowed && verdict.wait == 0 {
