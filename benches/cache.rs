@@ -21,16 +21,23 @@ use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceExt};
 use tower_toolbox::cache::CacheLayer;
 
-/// Counts live and total allocated bytes.
+/// Counts live and total allocated bytes, and allocations of at least
+/// `LARGE_FROM` bytes: with `LARGE_FROM` set to a body's size, every copy of the
+/// body needs one of those, so they count body copies.
 struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
+static LARGE_FROM: AtomicUsize = AtomicUsize::new(usize::MAX);
+static LARGE: AtomicUsize = AtomicUsize::new(0);
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size(), Ordering::Relaxed);
         ALLOCATED.fetch_add(layout.size(), Ordering::Relaxed);
+        if layout.size() >= LARGE_FROM.load(Ordering::Relaxed) {
+            LARGE.fetch_add(1, Ordering::Relaxed);
+        }
         unsafe { System.alloc(layout) }
     }
 
@@ -44,6 +51,27 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 const CACHE_CONTROL: &str = "max-age=3600";
+
+/// Calls that reached an [`origin`]: a hit must not add one.
+static ORIGIN_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+/// Sends one request and checks that it was a hit (the origin was not called).
+async fn assert_hit<S, B>(service: &S, label: &str) -> usize
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    let before = ORIGIN_CALLS.load(Ordering::Relaxed);
+    let len = drain(service.clone().oneshot(request("/hit")).await.unwrap()).await;
+    assert_eq!(
+        ORIGIN_CALLS.load(Ordering::Relaxed),
+        before,
+        "{label}: the benchmarked request is not a hit"
+    );
+    len
+}
 
 fn origin(
     size: usize,
@@ -60,6 +88,7 @@ fn origin(
 + 'static {
     let body = Bytes::from(vec![b'x'; size]);
     tower::service_fn(move |_: Request<Full<Bytes>>| {
+        ORIGIN_CALLS.fetch_add(1, Ordering::Relaxed);
         let body = body.clone();
         async move {
             Ok::<_, Infallible>(
@@ -123,6 +152,17 @@ where
     len
 }
 
+/// Where the first data frame of `response` lives in memory.
+async fn first_frame_at<B>(response: Response<B>) -> usize
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    let mut body = std::pin::pin!(response.into_body());
+    let frame = body.as_mut().frame().await.unwrap().unwrap();
+    frame.into_data().unwrap().as_ptr() as usize
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -140,6 +180,7 @@ fn hit(c: &mut Criterion) {
         let ours = rt.block_on(async {
             let service = CacheLayer::new().layer(origin(size));
             drain(service.clone().oneshot(request("/hit")).await.unwrap()).await;
+            assert_eq!(assert_hit(&service, "tower-toolbox").await, size);
             service
         });
         group.bench_function(BenchmarkId::new("tower-toolbox", &label), |b| {
@@ -186,6 +227,7 @@ fn hit(c: &mut Criterion) {
             let layer = http_cache_tower::HttpCacheLayer::new(http_cache::MokaManager::default());
             let service = layer.layer(origin(size));
             drain(service.clone().oneshot(request("/hit")).await.unwrap()).await;
+            assert_eq!(assert_hit(&service, "http-cache-tower").await, size);
             service
         });
         group.bench_function(BenchmarkId::new("http-cache-tower", &label), |b| {
@@ -253,10 +295,12 @@ fn report() {
         let service = layer.layer(fresh_origin(BODY));
         // One stored response first, so lazily built state is not counted.
         drain(service.clone().oneshot(request("/warm")).await.unwrap()).await;
-        let requests: Vec<_> = (0..ENTRIES).map(|i| request(&format!("/entry/{i:06}"))).collect();
         let key_len = "http://bench.test/entry/000000".len();
         let before = LIVE.load(Ordering::Relaxed);
-        for request in requests {
+        // Each request is built and dropped inside the loop, so what stays live is
+        // what the cache keeps.
+        for i in 0..ENTRIES {
+            let request = request(&format!("/entry/{i:06}"));
             drain(service.clone().oneshot(request).await.unwrap()).await;
         }
         let stats = layer.stats();
@@ -281,32 +325,66 @@ fn report() {
         for size in [1024usize, 100 * 1024] {
             let ours = CacheLayer::new().layer(origin(size));
             drain(ours.clone().oneshot(request("/hit")).await.unwrap()).await;
+            assert_hit(&ours, "tower-toolbox").await;
             let peer = http_cache_tower::HttpCacheLayer::new(http_cache::MokaManager::default())
                 .layer(origin(size));
             drain(peer.clone().oneshot(request("/hit")).await.unwrap()).await;
+            assert_hit(&peer, "http-cache-tower").await;
             let parts = template("/hit");
             const HITS: usize = 1000;
 
-            let start = ALLOCATED.load(Ordering::Relaxed);
-            for _ in 0..HITS {
-                let request = Request::from_parts(parts.clone(), Full::new(Bytes::new()));
-                assert_eq!(drain(ours.clone().oneshot(request).await.unwrap()).await, size);
-            }
-            let ours_per_hit = (ALLOCATED.load(Ordering::Relaxed) - start) / HITS;
+            // The stored bytes themselves: every hit hands out the same pointer.
+            let first = first_frame_at(ours.clone().oneshot(request("/hit")).await.unwrap()).await;
+            let second = first_frame_at(ours.clone().oneshot(request("/hit")).await.unwrap()).await;
+            assert_eq!(first, second, "a hit serves the stored bytes");
 
-            let start = ALLOCATED.load(Ordering::Relaxed);
+            let measure = |run: &'static str| {
+                let start = (
+                    ALLOCATED.load(Ordering::Relaxed),
+                    LARGE.load(Ordering::Relaxed),
+                );
+                move || {
+                    let bytes = (ALLOCATED.load(Ordering::Relaxed) - start.0) / HITS;
+                    let copies = (LARGE.load(Ordering::Relaxed) - start.1) as f64 / HITS as f64;
+                    (run, bytes, copies)
+                }
+            };
+            LARGE_FROM.store(size, Ordering::Relaxed);
+            let calls = ORIGIN_CALLS.load(Ordering::Relaxed);
+
+            let done = measure("tower-toolbox");
             for _ in 0..HITS {
                 let request = Request::from_parts(parts.clone(), Full::new(Bytes::new()));
-                assert_eq!(drain(peer.clone().oneshot(request).await.unwrap()).await, size);
+                assert_eq!(
+                    drain(ours.clone().oneshot(request).await.unwrap()).await,
+                    size
+                );
             }
-            let peer_per_hit = (ALLOCATED.load(Ordering::Relaxed) - start) / HITS;
-            eprintln!(
-                "allocated per hit, {} KiB body: tower-toolbox {ours_per_hit} B ({:.2} body copies), \
-                 http-cache-tower {peer_per_hit} B ({:.2} body copies)",
-                size / 1024,
-                ours_per_hit as f64 / size as f64,
-                peer_per_hit as f64 / size as f64,
+            let ours_row = done();
+
+            let done = measure("http-cache-tower");
+            for _ in 0..HITS {
+                let request = Request::from_parts(parts.clone(), Full::new(Bytes::new()));
+                assert_eq!(
+                    drain(peer.clone().oneshot(request).await.unwrap()).await,
+                    size
+                );
+            }
+            let peer_row = done();
+
+            LARGE_FROM.store(usize::MAX, Ordering::Relaxed);
+            assert_eq!(
+                ORIGIN_CALLS.load(Ordering::Relaxed),
+                calls,
+                "every hit was a hit"
             );
+            for (run, bytes, copies) in [ours_row, peer_row] {
+                eprintln!(
+                    "hit, {} KiB body, {run}: {bytes} B allocated per hit, \
+                     {copies:.2} body copies per hit (allocations of at least {size} B)",
+                    size / 1024,
+                );
+            }
         }
     });
 }

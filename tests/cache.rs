@@ -431,6 +431,123 @@ static CASES: &[Case] = &[
         steps: &[step(0, 200, "v1", None, 1), step(1, 200, "v2", None, 2)],
     },
     Case {
+        name: "a Vary member that is not a field name counts as Vary: *",
+        mode: SHARED,
+        status: 200,
+        response: &[("cache-control", "max-age=60"), ("vary", "accept, (bad)")],
+        steps: &[step(0, 200, "v1", None, 1), step(1, 200, "v2", None, 2)],
+    },
+    Case {
+        name: "an empty Vary member is ignored",
+        mode: SHARED,
+        status: 200,
+        response: &[("cache-control", "max-age=60"), ("vary", "accept,,")],
+        steps: &[
+            step(0, 200, "v1", None, 1),
+            step(1, 200, "v1", Some("1"), 1),
+        ],
+    },
+    Case {
+        name: "no heuristic freshness when max-age=0 is explicit",
+        mode: SHARED,
+        status: 200,
+        response: &[
+            ("cache-control", "max-age=0"),
+            ("last-modified", "Wed, 31 Dec 2025 23:43:20 GMT"),
+        ],
+        // Stored (it has a validator) but stale at once; the origin ignores the
+        // conditional and answers 200.
+        steps: &[step(0, 200, "v1", None, 1), step(0, 200, "v2", None, 2)],
+    },
+    Case {
+        name: "heuristic freshness for a 404, a heuristically cacheable status",
+        mode: SHARED,
+        status: 404,
+        response: &[("last-modified", "Wed, 31 Dec 2025 23:43:20 GMT")],
+        steps: &[
+            step(0, 404, "v1", None, 1),
+            step(99, 404, "v1", Some("99"), 1),
+            step(1, 404, "v2", None, 2),
+        ],
+    },
+    Case {
+        name: "public allows heuristic freshness for any status",
+        mode: SHARED,
+        status: 302,
+        response: &[
+            ("cache-control", "public"),
+            ("last-modified", "Wed, 31 Dec 2025 23:43:20 GMT"),
+        ],
+        steps: &[
+            step(0, 302, "v1", None, 1),
+            step(99, 302, "v1", Some("99"), 1),
+            step(1, 302, "v2", None, 2),
+        ],
+    },
+    Case {
+        name: "heuristic freshness is capped at one day",
+        mode: SHARED,
+        status: 200,
+        // Modified a year before: 10 % would be 36.5 days.
+        response: &[("last-modified", "Wed, 01 Jan 2025 00:00:00 GMT")],
+        steps: &[
+            step(0, 200, "v1", None, 1),
+            step(86_399, 200, "v1", Some("86399"), 1),
+            step(1, 200, "v2", None, 2),
+        ],
+    },
+    Case {
+        name: "a 500 with max-age is stored",
+        mode: SHARED,
+        status: 500,
+        response: &[("cache-control", "max-age=30")],
+        steps: &[
+            step(0, 500, "v1", None, 1),
+            step(29, 500, "v1", Some("29"), 1),
+        ],
+    },
+    Case {
+        name: "a 500 with Last-Modified gets no heuristic freshness",
+        mode: SHARED,
+        status: 500,
+        response: &[("last-modified", "Wed, 31 Dec 2025 23:43:20 GMT")],
+        steps: &[step(0, 500, "v1", None, 1), step(1, 500, "v2", None, 2)],
+    },
+    Case {
+        name: "invalid s-maxage makes the response stale in shared mode",
+        mode: SHARED,
+        status: 200,
+        response: &[("cache-control", "max-age=60, s-maxage=abc")],
+        steps: &[step(0, 200, "v1", None, 1), step(1, 200, "v2", None, 2)],
+    },
+    Case {
+        name: "the first Cache-Control line wins over a later duplicate",
+        mode: SHARED,
+        status: 200,
+        response: &[
+            ("cache-control", "max-age=100"),
+            ("cache-control", "max-age=1"),
+        ],
+        steps: &[
+            step(0, 200, "v1", None, 1),
+            step(50, 200, "v1", Some("50"), 1),
+        ],
+    },
+    Case {
+        name: "a quoted no-store argument still forbids storing",
+        mode: SHARED,
+        status: 200,
+        response: &[("cache-control", "max-age=60, no-store=\"x\"")],
+        steps: &[step(0, 200, "v1", None, 1), step(1, 200, "v2", None, 2)],
+    },
+    Case {
+        name: "Expires in the past with a Date: stale at once",
+        mode: SHARED,
+        status: 200,
+        response: &[("expires", "Wed, 31 Dec 2025 00:00:00 GMT")],
+        steps: &[step(0, 200, "v1", None, 1), step(0, 200, "v2", None, 2)],
+    },
+    Case {
         name: "must-understand with an understood status overrides no-store",
         mode: SHARED,
         status: 200,

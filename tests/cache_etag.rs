@@ -109,6 +109,18 @@ async fn leaves_existing_etags_and_unsafe_methods_alone() {
 }
 
 #[tokio::test]
+async fn head_responses_get_no_tag_made_from_their_empty_body() {
+    // A handler answering HEAD sends no body: a hash of nothing would be a tag the
+    // GET never carries.
+    let head = Request::head("/")
+        .header("if-none-match", "*")
+        .body(())
+        .unwrap();
+    let (status, tag, _) = send(EtagLayer::new(), "", None, head).await;
+    assert_eq!((status, tag), (StatusCode::OK, None));
+}
+
+#[tokio::test]
 async fn bodies_over_the_limit_pass_without_an_etag_and_intact() {
     let layer = EtagLayer::new().max_body(NonZeroUsize::new(4).unwrap());
     let (status, tag, body) = send(layer, "0123456789", None, get(&[])).await;

@@ -268,8 +268,9 @@ async fn a_thousand_concurrent_misses_make_one_upstream_call() {
             body_of(future.await.unwrap()).await
         }));
     }
-    until(|| entered.load(Ordering::SeqCst) == 1000 && origin.calls() == 1).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Every other request is parked behind the one upstream call.
+    until(|| entered.load(Ordering::SeqCst) == 1000 && layer.stats().waiting == 999).await;
+    assert_eq!(origin.calls(), 1);
     assert_eq!(layer.stats().in_flight, 1);
     origin.gate.notify_one();
 
@@ -321,15 +322,17 @@ async fn the_leaders_request_completes_for_waiters_when_its_client_goes_away() {
             tokio::spawn(async move { body_of(service.oneshot(get("/l")).await.unwrap()).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    until(|| layer.stats().waiting == 5).await;
     leader.abort();
     assert!(leader.await.unwrap_err().is_cancelled());
+    assert_eq!(layer.stats().waiting, 5, "the waiters stay parked");
 
     origin.gate.notify_one();
     for waiter in waiters {
         assert_eq!(waiter.await.unwrap(), "v1");
     }
     assert_eq!(origin.calls(), 1);
+    assert_eq!(layer.stats().responses, 1);
 }
 
 #[tokio::test]
@@ -380,7 +383,7 @@ async fn an_uncacheable_response_releases_waiters_and_later_requests_do_not_queu
     let waiters: Vec<_> = (0..9)
         .map(|_| tokio::spawn(service.clone().oneshot(get("/u"))))
         .collect();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    until(|| layer.stats().waiting == 9).await;
     assert_eq!(origin.calls(), 1, "waiters parked behind the leader");
 
     // The leader's answer is `no-store`: every waiter goes upstream at once.
@@ -407,5 +410,124 @@ async fn an_uncacheable_response_releases_waiters_and_later_requests_do_not_queu
     }
     for request in later {
         request.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn hit_for_miss_lasts_its_duration_on_the_layers_clock() {
+    // Each response waits for one permit, so the test lets exactly n through.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = {
+        let (gate, calls) = (gate.clone(), calls.clone());
+        tower::service_fn(move |_: Request<()>| {
+            let (gate, calls) = (gate.clone(), calls.clone());
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                gate.acquire().await.unwrap().forget();
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .header("cache-control", "no-store")
+                        .body(full(b"u"))
+                        .unwrap(),
+                )
+            }
+        })
+    };
+    let clock = ManualClock::new();
+    let layer = CacheLayer::new()
+        .clock(clock.clone())
+        .hit_for_miss(Duration::from_secs(10));
+    let service = tower::Layer::layer(&layer, origin);
+    let spawn = |n: usize| -> Vec<_> {
+        (0..n)
+            .map(|_| tokio::spawn(service.clone().oneshot(get("/h"))))
+            .collect()
+    };
+    let calls = move || calls.load(Ordering::SeqCst);
+
+    gate.add_permits(1);
+    body_of(service.clone().oneshot(get("/h")).await.unwrap()).await;
+    assert_eq!(calls(), 1);
+
+    // Within the window: three requests all go upstream at once, none waits.
+    clock.advance(Duration::from_millis(9_999));
+    let within = spawn(3);
+    until(|| calls() == 4).await;
+    assert_eq!((layer.stats().in_flight, layer.stats().waiting), (0, 0));
+    gate.add_permits(3);
+    for request in within {
+        request.await.unwrap().unwrap();
+    }
+
+    // Those answers renewed the record until 19.999 s; from then on, requests
+    // collapse again: one goes upstream, two wait.
+    clock.advance(Duration::from_secs(10));
+    let after = spawn(3);
+    until(|| calls() == 5 && layer.stats().waiting == 2).await;
+    assert_eq!(layer.stats().in_flight, 1);
+
+    // Its answer is uncacheable too: both waiters are released upstream.
+    gate.add_permits(1);
+    until(|| calls() == 7).await;
+    gate.add_permits(2);
+    for request in after {
+        request.await.unwrap().unwrap();
+    }
+    assert_eq!(calls(), 7);
+}
+
+#[tokio::test]
+async fn a_response_that_cannot_be_stored_is_passed_through_and_never_buffered() {
+    for (cache_control, stored) in [
+        ("no-store", false),
+        ("private", false),
+        ("max-age=60", true),
+    ] {
+        let (sender, receiver) = mpsc::channel::<Bytes>(4);
+        let receiver = Arc::new(std::sync::Mutex::new(Some(receiver)));
+        let origin = tower::service_fn(move |_: Request<()>| {
+            let receiver = receiver.lock().unwrap().take().unwrap();
+            async move {
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .header("cache-control", cache_control)
+                        .body(ChannelBody(receiver).boxed())
+                        .unwrap(),
+                )
+            }
+        });
+        let layer = CacheLayer::new();
+        let service = tower::Layer::layer(&layer, origin);
+        let response = service.oneshot(get("/p")).await.unwrap();
+        let kind = format!("{:?}", response.body());
+        assert_eq!(
+            kind.contains("TeeBody::Tee"),
+            stored,
+            "{cache_control}: {kind}"
+        );
+        assert_eq!(
+            kind.contains("TeeBody::Pass"),
+            !stored,
+            "{cache_control}: {kind}"
+        );
+
+        // The client reads one chunk and leaves.
+        let mut body = response.into_body();
+        sender.send(Bytes::from_static(b"one")).await.unwrap();
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        tokio::task::yield_now().await;
+
+        // Untouched, the origin's body goes with the client's; kept for the store,
+        // it is read on in the background.
+        assert_eq!(sender.is_closed(), !stored, "{cache_control}");
+        if stored {
+            sender.send(Bytes::from_static(b"two")).await.unwrap();
+            drop(sender);
+            until(|| layer.stats().responses == 1).await;
+        } else {
+            assert_eq!(layer.stats().responses, 0);
+        }
     }
 }

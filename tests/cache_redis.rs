@@ -57,6 +57,29 @@ async fn send(
     (String::from_utf8(body.to_vec()).unwrap(), age)
 }
 
+/// Waits (up to 5 s) until exactly `count` keys match `pattern` in Redis: writes
+/// and deletes run in the background.
+async fn until_keys(url: &str, pattern: &str, count: usize) -> Vec<String> {
+    let client = redis::Client::open(url).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(pattern)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        if keys.len() == count {
+            return keys;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{pattern}: {keys:?}, expected {count} keys"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test]
 async fn two_layers_share_responses_through_redis() {
     let server = RedisServer::start();
@@ -76,25 +99,8 @@ async fn two_layers_share_responses_through_redis() {
     assert_eq!(send(&a, get("en")).await, ("a1".to_owned(), None));
 
     // The write runs in the background: wait until Redis has it.
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg("cache-test:cache:*")
-            .query_async(&mut connection)
-            .await
-            .unwrap();
-        if keys.len() == 1 {
-            assert_eq!(keys[0], "cache-test:cache:{http://shared.test/doc}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the response never reached Redis"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let keys = until_keys(&server.url(), "cache-test:cache:*", 1).await;
+    assert_eq!(keys[0], "cache-test:cache:{http://shared.test/doc}");
 
     let (body, age) = send(&b, get("en")).await;
     assert_eq!(body, "a1", "served from Redis, stored by the other layer");
@@ -126,13 +132,15 @@ async fn an_unsafe_request_on_one_layer_invalidates_redis_for_the_other() {
         &CacheLayer::new().redis(store.clone()),
         origin("b", calls.clone()),
     );
-    send(&a, get("en")).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(send(&a, get("en")).await.0, "a1");
+    until_keys(&server.url(), "inv:cache:*", 1).await;
 
     let delete = Request::delete("http://shared.test/doc").body(()).unwrap();
     a.clone().oneshot(delete).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(send(&b, get("en")).await.0, "b3");
+    until_keys(&server.url(), "inv:cache:*", 0).await;
+    // The origin's third call (after the GET and the DELETE) answers B.
+    assert_eq!(send(&b, get("en")).await, ("b3".to_owned(), None));
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]

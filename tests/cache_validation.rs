@@ -4,7 +4,7 @@
 mod cache_support;
 
 use bytes::Bytes;
-use cache_support::{Call, Harness, reply, request};
+use cache_support::{Call, Harness, http_date, reply, request, t0};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use std::time::Duration;
@@ -65,6 +65,45 @@ async fn stale_entry_is_revalidated_and_a_304_freshens_its_headers() {
     assert_eq!(sent["if-none-match"], "\"e1\"");
 
     // Fresh again for 100 s from the revalidation.
+    harness.advance(99);
+    let hit = harness.get("/", &[]).await;
+    assert_eq!((hit.header("age"), harness.calls()), (Some("99"), 2));
+}
+
+#[tokio::test]
+async fn a_304_without_date_is_dated_on_arrival() {
+    let harness = Harness::new(
+        |l| l,
+        |call| {
+            if call.request.headers().contains_key("if-none-match") {
+                let mut response = not_modified(
+                    &call,
+                    &[("cache-control", "max-age=100"), ("etag", "\"e1\"")],
+                );
+                response.headers_mut().remove("date");
+                response
+            } else {
+                reply(
+                    &call,
+                    200,
+                    &[("cache-control", "max-age=10"), ("etag", "\"e1\"")],
+                )
+            }
+        },
+    );
+    harness.get("/", &[]).await;
+    harness.advance(50);
+
+    // Not 50 s old: the 304 is the new generation time.
+    let revalidated = harness.get("/", &[]).await;
+    assert_eq!(
+        (revalidated.status.as_u16(), revalidated.body.as_ref()),
+        (200, &b"v1"[..])
+    );
+    assert_eq!(revalidated.header("age"), Some("0"));
+    let dated = http_date(t0() + Duration::from_secs(50));
+    assert_eq!(revalidated.header("date"), Some(dated.as_str()));
+
     harness.advance(99);
     let hit = harness.get("/", &[]).await;
     assert_eq!((hit.header("age"), harness.calls()), (Some("99"), 2));

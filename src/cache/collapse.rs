@@ -58,6 +58,16 @@ impl Inflight {
             .unwrap_or_else(PoisonError::into_inner)
             .len()
     }
+
+    /// How many requests are parked behind one in flight.
+    pub(crate) fn waiting(&self) -> usize {
+        self.keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(watch::Sender::receiver_count)
+            .sum()
+    }
 }
 
 /// The leader's duty to report; reports [`Outcome::Released`] if dropped first.

@@ -169,6 +169,15 @@ impl Entry {
         for name in [CONTENT_LENGTH, CONTENT_ENCODING, CONTENT_RANGE] {
             update.remove(name);
         }
+        // A 304 without `Date` is dated on arrival (RFC 9110 6.6.1), or the stored
+        // `Date` would make the freshened response as old as the original.
+        if directives::date(&update).is_none() {
+            update.insert(
+                DATE,
+                HeaderValue::from_str(&httpdate::fmt_http_date(response_time))
+                    .expect("an HTTP date is a valid header value"),
+            );
+        }
         let mut last: Option<HeaderName> = None;
         for (name, value) in update {
             let name = match name {

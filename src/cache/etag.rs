@@ -17,8 +17,10 @@ use tower_service::Service;
 use super::conditional;
 
 /// Adds a strong `ETag` (a 128-bit hash of the body) to `200` responses to `GET`
-/// and `HEAD` that lack one, and answers a matching `If-None-Match` with `304`.
+/// that lack one, and answers a matching `If-None-Match` with `304`.
 ///
+/// Responses to `HEAD` pass untouched: they have no body to hash, and a tag
+/// computed from nothing would differ from the one the `GET` gets.
 /// The body is read whole to hash it, up to [`max_body`](Self::max_body)
 /// (default 1 MiB); a larger one (by `Content-Length` or as it streams) is passed
 /// on without an `ETag`. Responses that already carry an `ETag` pass untouched.
@@ -98,7 +100,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let applies = request.method() == Method::GET || request.method() == Method::HEAD;
+        let applies = request.method() == Method::GET;
         let if_none_match = if applies {
             let mut conditions = HeaderMap::new();
             for value in request.headers().get_all(IF_NONE_MATCH) {

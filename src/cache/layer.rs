@@ -203,6 +203,7 @@ impl<C: Clock> CacheLayer<C> {
             responses: shared.memory.entry_count(),
             bytes: shared.memory.weighted_size(),
             in_flight: shared.inflight.len(),
+            waiting: shared.inflight.waiting(),
         }
     }
 
@@ -223,6 +224,8 @@ pub struct CacheStats {
     pub bytes: u64,
     /// URLs with a collapsed request in flight.
     pub in_flight: usize,
+    /// Requests parked behind one of those, waiting for its response.
+    pub waiting: usize,
 }
 
 impl<S, C: Clock> Layer<S> for CacheLayer<C> {

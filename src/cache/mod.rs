@@ -45,7 +45,8 @@
 //! present and the status is one the cache understands); in shared mode
 //! ([`Mode::Shared`], the default) no `private`, and for requests with
 //! `Authorization` only with `public`, `s-maxage` or `must-revalidate`; no
-//! `Vary: *`; and explicit freshness, `public`, or a heuristically cacheable
+//! `Vary: *` (nor a `Vary` member that is not a field name, which counts as `*`);
+//! and explicit freshness, `public`, or a heuristically cacheable
 //! status. A response that would be stale on arrival and has no validator is not
 //! stored. Responses to `POST` are never stored (RFC 9111 allows it only with
 //! explicit freshness and a matching `Content-Location`; few origins mean it),

@@ -89,14 +89,19 @@ pub(crate) fn storable(
         || heuristically_cacheable(status)
 }
 
-/// `Vary: *`: no later request can match, so storing is pointless.
+/// `Vary: *`: no later request can match, so storing is pointless. A `Vary` we
+/// cannot read (a member that is not a field name) counts as `*`: ignoring the
+/// member would let requests match that the origin told apart.
 pub(crate) fn vary_star(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(http::header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|v| v.trim() == "*")
+    headers.get_all(http::header::VARY).iter().any(|line| {
+        let Ok(text) = line.to_str() else {
+            return true;
+        };
+        text.split(',').map(str::trim).any(|member| {
+            member == "*"
+                || (!member.is_empty() && http::HeaderName::from_bytes(member.as_bytes()).is_err())
+        })
+    })
 }
 
 /// The longest heuristic freshness the cache assigns by default: one day.

@@ -17,7 +17,7 @@ use super::directives::{self, CacheControl};
 use super::entry::{Entry, Freshness};
 use super::policy;
 use super::store::MemoryStore;
-use crate::clock::Clock;
+use crate::clock::{Clock, Timestamp};
 use crate::reject::{Rejection, RequestHead, Responder};
 
 /// A hook that adds to the primary key; `None` means "do not cache this request".
@@ -69,7 +69,10 @@ pub(crate) struct Shared<C> {
     wall_origin: SystemTime,
     pub(crate) memory: MemoryStore,
     pub(crate) inflight: Arc<Inflight>,
-    hit_for_miss: moka::sync::Cache<Arc<str>, ()>,
+    /// URLs whose last response could not be stored, with the clock time until
+    /// which they skip collapsing. moka's own expiry (on real time) only bounds
+    /// how long a record takes room; the deadline is what is read.
+    hit_for_miss: moka::sync::Cache<Arc<str>, Timestamp>,
     refreshing: Mutex<HashSet<Arc<str>>>,
 }
 
@@ -237,7 +240,7 @@ impl<C: Clock> Shared<C> {
     pub(crate) fn put(self: &Arc<Self>, key: &Arc<str>, entry: Arc<Entry>) {
         tracing::debug!(%key, status = %entry.status, bytes = entry.body.len(), "cache store");
         // A read first: most stores have nothing to undo, and a write costs more.
-        if self.hit_for_miss.contains_key(key) {
+        if self.hit_for_miss.contains_key(key.as_ref()) {
             self.hit_for_miss.invalidate(key);
         }
         #[cfg(feature = "redis")]
@@ -301,7 +304,15 @@ impl<C: Clock> Shared<C> {
 
     /// Whether `key` recently got an uncacheable response (no collapsing for it).
     pub(crate) fn is_hit_for_miss(&self, key: &Arc<str>) -> bool {
-        self.hit_for_miss.contains_key(key)
+        self.hit_for_miss
+            .get(key.as_ref())
+            .is_some_and(|until| self.clock.now() < until)
+    }
+
+    /// Remembers that `key` got an uncacheable response.
+    fn mark_hit_for_miss(&self, key: Arc<str>) {
+        let until = self.clock.now() + self.config.hit_for_miss;
+        self.hit_for_miss.insert(key, until);
     }
 
     /// Claims the one background refresh of `key`; `false` if one is running.
@@ -381,7 +392,7 @@ impl<C: Clock> Shared<C> {
                 && method == Method::GET
                 && parts.status != StatusCode::NOT_MODIFIED
             {
-                self.hit_for_miss.insert(key, ());
+                self.mark_hit_for_miss(key);
             }
             if let Some(leader) = leader {
                 leader.finish(Outcome::Released);
@@ -456,7 +467,7 @@ impl<C: Clock> Completion for StoreAtEnd<C> {
             }
             None => {
                 tracing::trace!(key = %this.key, "response not stored: failed or too large");
-                this.shared.hit_for_miss.insert(this.key.clone(), ());
+                this.shared.mark_hit_for_miss(this.key.clone());
                 if let Some(leader) = this.leader {
                     leader.finish(Outcome::Released);
                 }
