@@ -1,6 +1,6 @@
 //! The cost of the concurrency limit on the allowed path (admit + release) and
-//! on the refusal path (including building the 503 response), beside tower's
-//! own `ConcurrencyLimit` and `LoadShed` in the same groups.
+//! on the refusal and shed paths (including building the 503 response), beside
+//! tower's own `ConcurrencyLimit` and `LoadShed` in the same groups.
 //!
 //! Before the timed groups, the bench counts heap allocations per request with
 //! a counting global allocator and prints them.
@@ -18,8 +18,11 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::Empty;
+use std::time::Duration;
 use tower::{Layer, Service};
-use tower_toolbox::concurrency::{ConcurrencyLimitLayer, Gradient2, Windowed};
+use tower_toolbox::clock::ManualClock;
+use tower_toolbox::concurrency::{ConcurrencyLimitLayer, Fixed, Gradient2, Windowed};
+use tower_toolbox::shed::{LoadShed, LoadShedLayer};
 
 /// Counts every allocation the process makes.
 struct Counting;
@@ -96,6 +99,41 @@ fn allocations_per_request(mut f: impl FnMut()) -> f64 {
     (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / N as f64
 }
 
+/// A load shedder of one slot and a line of one, on a clock the bench moves.
+/// Returns the shedder, the response holding the slot, and the request waiting
+/// in the line.
+fn shedder() -> (
+    LoadShed<Inner, Fixed, ManualClock>,
+    ManualClock,
+    impl Sized,
+    ResponseFuture,
+) {
+    let clock = ManualClock::new();
+    let mut shed = LoadShedLayer::new(nz(1))
+        .capacity(nz(1))
+        .clock(clock.clone())
+        .layer(inner());
+    let holder = poll_once(shed.call(Request::new(()))).unwrap();
+    let waiting = shed.call(Request::new(()));
+    (shed, clock, holder, waiting)
+}
+
+type ResponseFuture = tower_toolbox::shed::ResponseFuture<Inner, (), ManualClock>;
+
+/// One CoDel shed: 10 ms later (past the 5 ms target, in a line busy for more
+/// than the 100 ms interval) a new request sheds the waiter and takes its place
+/// in line; the shed waiter's future then yields its 503.
+fn shed_one(
+    shed: &mut LoadShed<Inner, Fixed, ManualClock>,
+    clock: &ManualClock,
+    waiting: &mut ResponseFuture,
+) -> http::StatusCode {
+    clock.advance(Duration::from_millis(10));
+    let next = shed.call(Request::new(()));
+    let response = poll_once(std::mem::replace(waiting, next)).unwrap();
+    response.status()
+}
+
 fn report_allocations() {
     let mut ours = ConcurrencyLimitLayer::new(nz(1024)).layer(inner());
     let mut tower_limit = tower::limit::ConcurrencyLimit::new(inner(), 1024);
@@ -116,6 +154,22 @@ fn report_allocations() {
         allocations_per_request(|| {
             let response = poll_once(full.call(Request::new(()))).unwrap();
             assert_eq!(response.status(), 503);
+        }),
+    );
+
+    let (mut shed, clock, _holder, mut waiting) = shedder();
+    println!(
+        "allocations per refusal of a full line (LoadShed, 503 built): tower-toolbox {}",
+        allocations_per_request(|| {
+            let response = poll_once(shed.call(Request::new(()))).unwrap();
+            assert_eq!(response.status(), 503);
+        }),
+    );
+    clock.advance(Duration::from_millis(200));
+    println!(
+        "allocations per CoDel shed (503 built, the newcomer queued): tower-toolbox {}",
+        allocations_per_request(|| {
+            assert_eq!(shed_one(&mut shed, &clock, &mut waiting), 503);
         }),
     );
 }
@@ -170,6 +224,27 @@ fn refuse(c: &mut Criterion) {
             black_box(response.status())
         })
     });
+
+    // Ours: the load shedder with its one slot taken and its line of one full;
+    // the clock stands still, so the waiter is not stale and a newcomer is
+    // refused with a complete 503.
+    let (mut shed, clock, _holder, mut waiting) = shedder();
+    group.bench_function("tower_toolbox LoadShed line full 503", |b| {
+        b.iter(|| {
+            let response = poll_once(shed.call(Request::new(()))).unwrap();
+            black_box(response.status())
+        })
+    });
+
+    // Ours: CoDel shedding. The line has been busy past the interval; each
+    // iteration moves the clock 10 ms, a newcomer sheds the waiter (now past the
+    // target) and queues, and the shed waiter's 503 is built. The cost includes
+    // queueing the newcomer (its boxed wait state) and moving the manual clock.
+    clock.advance(Duration::from_millis(200));
+    group.bench_function(
+        "tower_toolbox LoadShed CoDel shed 503 + queue newcomer",
+        |b| b.iter(|| black_box(shed_one(&mut shed, &clock, &mut waiting))),
+    );
 
     // tower: LoadShed over a ConcurrencyLimit whose one permit is taken; the
     // refusal is an `Overloaded` error, no response.

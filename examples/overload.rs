@@ -1,7 +1,7 @@
 //! The overload table: goodput and latency of a saturated service behind each
 //! limiter, at 1x, 2x, 5x and 10x its capacity.
 //!
-//! `cargo run --release --example overload` (about half a minute).
+//! `cargo run --release --example overload` (a few seconds: the clock is simulated).
 //!
 //! The simulated backend has `CAPACITY` slots; a request takes a slot for 80 to
 //! 120 ms (100 ms on average), and requests beyond the slots wait in the

@@ -77,6 +77,22 @@ async fn settle() {
     }
 }
 
+/// Watches the limiter's own in-flight count from another task until `stop` is
+/// set; returns the most it ever saw.
+fn watch_in_flight(
+    handle: LimitHandle,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut most = 0;
+        while !stop.load(Ordering::SeqCst) {
+            most = most.max(handle.in_flight());
+            tokio::task::yield_now().await;
+        }
+        most
+    })
+}
+
 #[tokio::test]
 async fn refuses_the_request_past_the_limit_with_503_problem_json_and_retry_after() {
     let held = Held::new();
@@ -174,6 +190,8 @@ async fn in_flight_never_exceeds_the_limit_with_64_tasks_waiting_in_line() {
     assert_eq!(handle.queued(), TASKS - 8);
 
     // Let calls finish one at a time while the tasks hammer the limiter.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = watch_in_flight(handle.clone(), stop.clone());
     let release = held.release.clone();
     let releaser = tokio::spawn(async move {
         for _ in 0..TASKS * EACH {
@@ -186,6 +204,8 @@ async fn in_flight_never_exceeds_the_limit_with_64_tasks_waiting_in_line() {
         ok += task.await.unwrap();
     }
     releaser.await.unwrap();
+    stop.store(true, Ordering::SeqCst);
+    assert!(watcher.await.unwrap() <= 8);
     assert_eq!(ok, TASKS * EACH);
     assert_eq!(held.served.load(Ordering::SeqCst), TASKS * EACH);
     assert_eq!(held.peak.load(Ordering::SeqCst), 8);
@@ -202,6 +222,8 @@ async fn in_flight_never_exceeds_the_limit_with_64_tasks_refused_at_once() {
     let layer = ConcurrencyLimitLayer::new(nz(5));
     let handle = layer.handle();
     let service = layer.layer(held.service());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = watch_in_flight(handle.clone(), stop.clone());
 
     let tasks: Vec<_> = (0..TASKS)
         .map(|_| {
@@ -225,9 +247,12 @@ async fn in_flight_never_exceeds_the_limit_with_64_tasks_refused_at_once() {
         ok += o;
         refused += r;
     }
+    stop.store(true, Ordering::SeqCst);
+    assert!(watcher.await.unwrap() <= 5);
     assert_eq!(ok + refused, TASKS * EACH);
     assert_eq!(held.served.load(Ordering::SeqCst), ok);
     assert!(held.peak.load(Ordering::SeqCst) <= 5);
+    assert!(ok >= 5, "at least the first five calls get in");
     assert_eq!(handle.in_flight(), 0);
 }
 

@@ -142,6 +142,38 @@ fn vegas_smooths_and_reprobes_the_no_load_latency() {
 }
 
 #[test]
+fn vegas_probes_every_multiplier_times_the_fractional_limit() {
+    // Probe every 4 x L samples, with L kept as a fraction: after the drop L is
+    // 1.5, so the probe is due at sample 6 (4 x 1.5), not at sample 4 (4 x 1).
+    let mut vegas = Vegas::new()
+        .initial(nz(2))
+        .smoothing(0.5)
+        .probe_multiplier(nz(4));
+    replay(
+        "vegas probe per limit",
+        &mut vegas,
+        &[
+            (0.0, 10.0, 2, false, 2), // sample 1: no-load latency 10 ms
+            (0.0, 10.0, 2, true, 1),  // drop: new 2 - 1 = 1; L = 0.5 x 2 + 0.5 x 1 = 1.5
+            (0.0, 10.0, 0, false, 1), // 2 x 0 < 1.5: unchanged
+            (0.0, 40.0, 0, false, 1), // sample 4 < 6: not a probe; unchanged
+            (0.0, 10.0, 0, false, 1), // unchanged
+        ],
+    );
+    assert_eq!(vegas.rtt_noload(), Some(Duration::from_millis(10)));
+    replay(
+        "vegas probe per limit",
+        &mut vegas,
+        &[
+            (0.0, 30.0, 0, false, 1), // sample 6 >= 4 x 1.5: probe, no-load latency := 30 ms
+            // queue ceil(1.5 x (1 - 30/30)) = 0 <= 1: new 1.5 + 6 = 7.5; L = 4.5
+            (0.0, 30.0, 2, false, 4),
+        ],
+    );
+    assert_eq!(vegas.rtt_noload(), Some(Duration::from_millis(30)));
+}
+
+#[test]
 fn gradient2_scales_by_the_long_to_short_latency_ratio() {
     // Smoothing 0.2, queue 4, tolerance 1.5; the long-term latency is a plain
     // mean for 10 samples, then an exponential average with weight 2/601.
@@ -169,6 +201,39 @@ fn gradient2_scales_by_the_long_to_short_latency_ratio() {
             // long (20.070 x 599 + 40 x 2) / 601 = 20.136; gradient 30.204 / 40 = 0.7551;
             // new 25.473 x 0.7551 + 4 = 23.235; 20.379 + 4.647 = 25.026
             (0.0, 40.0, 25, false, 25),
+        ],
+    );
+}
+
+#[test]
+fn gradient2_decays_the_long_term_latency_when_it_is_twice_the_current_one() {
+    // Tolerance 1, so the gradient is long / short itself. Ten samples of 10 ms
+    // at gradient 1 (long = short): +0.8 each, 100 -> 108.0.
+    let mut gradient2 = Gradient2::new()
+        .initial(nz(100))
+        .bounds(nz(1), nz(200))
+        .tolerance(1.0);
+    let warm_up = [(0.0, 10.0, 100, false, 0); 10];
+    let expected = [100, 101, 102, 103, 104, 104, 105, 106, 107, 108];
+    let rows: Vec<Row> = warm_up
+        .iter()
+        .zip(expected)
+        .map(|(&(at, rtt, in_flight, dropped, _), limit)| (at, rtt, in_flight, dropped, limit))
+        .collect();
+    replay("gradient2 warm-up", &mut gradient2, &rows);
+    replay(
+        "gradient2 decay",
+        &mut gradient2,
+        &[
+            // long (10 x 599 + 4 x 2) / 601 = 9.9800, 2.495 x the 4 ms sample: the
+            // gradient is capped at 1 (108.8), and long decays to 9.9800 x 0.95 = 9.4810.
+            (0.0, 4.0, 100, false, 108),
+            // long (9.4810 x 599 + 10 x 2) / 601 = 9.4828 (without the decay it would
+            // be 9.9801 and the limit 109); new 108.8 x 0.94828 + 4 = 107.17;
+            // 108.8 x 0.8 + 107.17 x 0.2 = 108.474
+            (0.0, 10.0, 100, false, 108),
+            // long 9.4845; new 108.474 x 0.94845 + 4 = 106.88; 108.156
+            (0.0, 10.0, 100, false, 108),
         ],
     );
 }
@@ -229,6 +294,61 @@ fn gradient_pins_the_limit_to_measure_min_rtt_then_follows_the_window_median() {
     );
     assert_eq!(gradient.min_rtt(), Some(Duration::from_millis(9)));
     assert!(!gradient.is_probing());
+}
+
+#[test]
+fn gradient_probes_early_after_five_windows_pinned_at_the_minimum() {
+    // min 2, max 100, buffer 25 %, windows of 100 ms, minRTT from 3 requests,
+    // re-measured every 60 s or after 5 windows in a row at the minimum.
+    let mut gradient = Gradient::new()
+        .bounds(nz(2), nz(100))
+        .window(Duration::from_millis(100))
+        .probe_interval(Duration::from_secs(60))
+        .probe_requests(nz(3));
+    replay(
+        "gradient early probe",
+        &mut gradient,
+        &[
+            (10.0, 10.0, 1, false, 2),
+            (20.0, 10.0, 1, false, 2),
+            (30.0, 10.0, 1, false, 2), // minRTT 10 ms (buffered 12.5); window ends at 130
+            (40.0, 1.0, 2, false, 2),
+            (130.0, 1.0, 2, false, 6), // median 1: gradient 2.0; 4 + 2 = 6
+            (230.0, 100.0, 6, false, 15), // median 1: 12 + 3.46 = 15.46
+            (330.0, 100.0, 15, false, 10), // median 100: gradient 0.5; 7.5 + 2.74 = 10.24
+            (430.0, 100.0, 10, false, 7), // 5 + 2.24 = 7.24
+            (530.0, 100.0, 7, false, 5), // 3.5 + 1.87 = 5.37
+            (630.0, 100.0, 5, false, 4), // 2.5 + 1.58 = 4.08
+            (730.0, 100.0, 4, false, 3), // 2 + 1.41 = 3.41
+            (830.0, 100.0, 3, false, 2), // 1.5 + 1.22 = 2.72; from 3, so not yet "at min"
+            (930.0, 100.0, 2, false, 2), // 1 + 1 = 2, from 2: first window at the minimum
+            (1030.0, 100.0, 2, false, 2), // second
+            (1130.0, 100.0, 2, false, 2), // third
+            (1230.0, 100.0, 2, false, 2), // fourth
+            (1330.0, 100.0, 2, false, 2), // fifth
+        ],
+    );
+    assert!(!gradient.is_probing());
+    replay(
+        "gradient early probe",
+        &mut gradient,
+        &[(1340.0, 100.0, 2, false, 2)], // the next sample starts a probe, long before 60 s
+    );
+    assert!(gradient.is_probing());
+    replay(
+        "gradient early probe",
+        &mut gradient,
+        &[
+            (1350.0, 100.0, 2, false, 2),
+            (1360.0, 100.0, 1, false, 2),
+            (1370.0, 100.0, 2, false, 2), // minRTT 100 ms; the limit returns to 2
+            (1380.0, 100.0, 2, false, 2),
+            // median 100 against the new minRTT: gradient 125 / 100 = 1.25;
+            // 2.5 + 1.58 = 4.08 (with the stale 10 ms it would stay at 2)
+            (1470.0, 100.0, 2, false, 4),
+        ],
+    );
+    assert_eq!(gradient.min_rtt(), Some(Duration::from_millis(100)));
 }
 
 #[test]

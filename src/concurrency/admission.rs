@@ -4,11 +4,14 @@
 //! The common case, room under the limit and nobody waiting, costs one
 //! compare-and-swap to admit and one subtraction to release, with no lock. The
 //! line itself sits behind the gate's mutex; the handshake between the two is
-//! the classic one: a request about to wait publishes the line's new length
-//! *before* it checks for room one last time, and a releaser frees its slot
-//! *before* it reads the line's length. A sequentially consistent fence between
-//! the write and the read on each side makes one of the two see the other, so a
-//! freed slot is never missed by a waiter. The `loom` model at the end checks this on every interleaving
+//! the classic one: a request about to wait in an empty line publishes the
+//! line's new length *before* it checks for room one last time, and a releaser
+//! frees its slot *before* it reads the line's length. A sequentially consistent
+//! fence between the write and the read on each side makes one of the two see
+//! the other, so a freed slot is never missed by a waiter. A request that finds
+//! others already waiting joins them without taking a slot: every release since
+//! the line was published hands its slot to the line. The `loom` models at the
+//! end check both on every interleaving
 //! (`RUSTFLAGS="--cfg tower_toolbox_loom" cargo test --release --lib admission`).
 
 #[cfg(tower_toolbox_loom)]
@@ -107,27 +110,32 @@ mod tests {
     use loom::sync::{Arc, Mutex};
     use loom::thread;
 
-    /// What the model's line holds: whether the waiter is queued, and whether a
-    /// slot was handed to it.
+    /// What the model's line holds: how many wait, and how many were handed a
+    /// slot.
     #[derive(Default)]
     struct Line {
-        queued: bool,
-        granted: bool,
+        queued: usize,
+        granted: usize,
     }
 
-    /// The waiter's side: try to take a slot; failing that, join the line the way
-    /// the gate does (publish, then check once more).
+    /// The arrival's side, the way the gate does it: try to take a slot; failing
+    /// that, under the lock, take one only if nobody waits; else join the line,
+    /// publishing its new length, and look once more only if the line was empty.
     fn take_or_wait(admission: &Admission, line: &Mutex<Line>) -> bool {
         if admission.try_take_first().is_some() {
             return true;
         }
         let mut line = line.lock().unwrap();
-        admission.set_waiting(1);
-        if admission.try_take().is_some() {
-            admission.set_waiting(0);
+        let was_empty = line.queued == 0;
+        if was_empty && admission.try_take().is_some() {
             return true;
         }
-        line.queued = true;
+        admission.set_waiting(line.queued + 1);
+        if was_empty && admission.try_take().is_some() {
+            admission.set_waiting(line.queued);
+            return true;
+        }
+        line.queued += 1;
         false
     }
 
@@ -136,16 +144,16 @@ mod tests {
     fn release(admission: &Admission, line: &Mutex<Line>) {
         if admission.give_back() {
             let mut line = line.lock().unwrap();
-            if line.queued && admission.try_take().is_some() {
-                line.queued = false;
-                line.granted = true;
-                admission.set_waiting(0);
+            if line.queued > 0 && admission.try_take().is_some() {
+                line.queued -= 1;
+                line.granted += 1;
+                admission.set_waiting(line.queued);
             }
         }
     }
 
     #[test]
-    fn a_freed_slot_always_reaches_the_waiter() {
+    fn a_freed_slot_always_reaches_the_first_waiter() {
         loom::model(|| {
             let admission = Arc::new(Admission::new(1));
             let line = Arc::new(Mutex::new(Line::default()));
@@ -160,9 +168,37 @@ mod tests {
 
             let line = line.lock().unwrap();
             assert!(
-                took || line.granted,
+                took || line.granted == 1,
                 "the waiter was left in line with a free slot"
             );
+            assert_eq!(admission.in_flight(), 1);
+        });
+    }
+
+    #[test]
+    fn an_arrival_behind_a_waiter_never_takes_its_slot_nor_strands_it() {
+        loom::model(|| {
+            // One request in flight and one already waiting for its slot.
+            let admission = Arc::new(Admission::new(1));
+            let line = Arc::new(Mutex::new(Line::default()));
+            assert_eq!(admission.try_take_first(), Some(1));
+            {
+                let mut line = line.lock().unwrap();
+                admission.set_waiting(1);
+                line.queued = 1;
+            }
+
+            let releaser = {
+                let (admission, line) = (admission.clone(), line.clone());
+                thread::spawn(move || release(&admission, &line))
+            };
+            let took = take_or_wait(&admission, &line);
+            releaser.join().unwrap();
+
+            let line = line.lock().unwrap();
+            assert!(!took, "the arrival jumped the line");
+            assert_eq!(line.granted, 1, "the freed slot did not reach the waiter");
+            assert_eq!(line.queued, 1);
             assert_eq!(admission.in_flight(), 1);
         });
     }

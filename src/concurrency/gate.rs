@@ -12,10 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use std::time::Duration;
 
-use metrics::{Counter, Gauge};
-
 use super::admission::Admission;
 use super::algorithm::{LimitAlgorithm, Outcome, Sample};
+pub(crate) use super::metrics::Metrics;
 use super::permit::Slots;
 pub(crate) use super::permit::{Permit, Wait};
 use crate::clock::{Clock, Timestamp};
@@ -48,40 +47,6 @@ pub(crate) enum Refusal {
     TimedOut,
     /// The request was dropped from the line to keep latency down.
     Shed,
-}
-
-/// The gauges and counters of one gate.
-#[derive(Clone, Debug)]
-pub(crate) struct Metrics {
-    pub(crate) limit: Gauge,
-    pub(crate) in_flight: Gauge,
-    pub(crate) queued: Gauge,
-    pub(crate) rejected: Counter,
-    pub(crate) shed: Counter,
-}
-
-impl Metrics {
-    /// Handles registered once, labelled with the layer's name.
-    pub(crate) fn register(layer: &'static str, name: &'static str) -> Self {
-        Metrics {
-            limit: metrics::gauge!("tower_toolbox_concurrency_limit", "layer" => layer, "name" => name),
-            in_flight: metrics::gauge!("tower_toolbox_concurrency_in_flight", "layer" => layer, "name" => name),
-            queued: metrics::gauge!("tower_toolbox_concurrency_queued", "layer" => layer, "name" => name),
-            rejected: metrics::counter!("tower_toolbox_concurrency_rejected_total", "layer" => layer, "name" => name),
-            shed: metrics::counter!("tower_toolbox_shed_total", "layer" => layer, "name" => name),
-        }
-    }
-
-    /// Handles that record nothing: per-key gates would make one series per key.
-    pub(crate) fn noop() -> Self {
-        Metrics {
-            limit: Gauge::noop(),
-            in_flight: Gauge::noop(),
-            queued: Gauge::noop(),
-            rejected: Counter::noop(),
-            shed: Counter::noop(),
-        }
-    }
 }
 
 /// The settings a gate is built from.
@@ -206,10 +171,17 @@ where
 
         let mut state = self.lock();
         let admission = &self.admission;
-        if let Some(in_flight) = state.try_admit(admission, partition) {
-            drop(state);
-            self.metrics.in_flight.set(in_flight as f64);
-            return Acquire::Admitted(self.permit(partition, in_flight));
+        // Waiters go first: a request that finds others in line joins them, even
+        // if a slot was freed just now, since its releaser is about to hand that
+        // slot to the line. (With partitions the line may hold only requests of
+        // other partitions, so a request is admitted whenever its share allows.)
+        let may_pass = state.line.len == 0 || self.partitioned;
+        if may_pass {
+            if let Some(in_flight) = state.try_admit(admission, partition) {
+                drop(state);
+                self.metrics.in_flight.set(in_flight as f64);
+                return Acquire::Admitted(self.permit(partition, in_flight));
+            }
         }
         if state.line.capacity == 0 {
             drop(state);
@@ -233,9 +205,16 @@ where
         let shed = shed + u64::from(evicted);
 
         // Publish the longer line, then look for room once more: a release that
-        // read the old length has already freed its slot, and it is seen here.
+        // read the old length (zero) has already freed its slot, and it is seen
+        // here. A line that was already published as busy needs no second look:
+        // every release since then hands its slot to the line.
         admission.set_waiting(state.line.len + 1);
-        if let Some(in_flight) = state.try_admit(admission, partition) {
+        let rechecked = if may_pass || state.line.len == 0 {
+            state.try_admit(admission, partition)
+        } else {
+            None
+        };
+        if let Some(in_flight) = rechecked {
             admission.set_waiting(state.line.len);
             drop(state);
             self.metrics.shed.increment(shed);
@@ -561,6 +540,7 @@ where
             let queued = state.line.len;
             drop(state);
             self.metrics.queued.set(queued as f64);
+            self.metrics.rejected.increment(1);
         }
         None
     }

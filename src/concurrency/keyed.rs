@@ -39,6 +39,7 @@ where
         algorithm: &A,
         clock: &C,
         config: &GateConfig,
+        metrics: &Metrics,
     ) -> Arc<Gate<A, C>> {
         if let Some(gate) = self.gates.get(&key) {
             return gate.clone();
@@ -51,7 +52,7 @@ where
                     algorithm.clone(),
                     clock.clone(),
                     config,
-                    Metrics::noop(),
+                    metrics.clone(),
                 ))
             })
             .clone();
@@ -100,11 +101,12 @@ mod tests {
         let gates = KeyedGates::<u32, Fixed, ManualClock>::new();
         let (algorithm, clock, config) =
             (Fixed::new(NonZeroUsize::MIN), ManualClock::new(), config());
+        let metrics = Metrics::noop();
 
         // One key stays busy: its gate must survive every sweep.
-        let busy = gates.get(u32::MAX, &algorithm, &clock, &config);
+        let busy = gates.get(u32::MAX, &algorithm, &clock, &config, &metrics);
         for key in 0..10_000 {
-            drop(gates.get(key, &algorithm, &clock, &config));
+            drop(gates.get(key, &algorithm, &clock, &config, &metrics));
             assert!(
                 gates.gates.len() <= 2 * SWEEP_FLOOR,
                 "{} gates kept",
@@ -114,7 +116,7 @@ mod tests {
         assert!(gates.gates.contains_key(&u32::MAX));
         assert!(Arc::ptr_eq(
             &busy,
-            &gates.get(u32::MAX, &algorithm, &clock, &config)
+            &gates.get(u32::MAX, &algorithm, &clock, &config, &metrics)
         ));
     }
 }

@@ -240,6 +240,11 @@ where
 
     fn layer(&self, inner: S) -> Self::Service {
         let gate = (!self.keyed).then(|| self.global_gate());
+        let metrics = if self.keyed {
+            Metrics::per_key("concurrency", self.name)
+        } else {
+            Metrics::noop()
+        };
         ConcurrencyLimit::new(
             inner,
             Arc::new(Shared {
@@ -248,6 +253,7 @@ where
                 algorithm: self.algorithm.clone(),
                 clock: self.clock.clone(),
                 config: self.config.clone(),
+                metrics,
                 extractor: self.extractor.clone(),
                 missing: self.missing,
                 refuse: self.refuse.clone(),

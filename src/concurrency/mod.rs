@@ -37,7 +37,9 @@
 //!
 //! [`LimitHandle`] reads the current limit; the `tower_toolbox_concurrency_limit`,
 //! `_in_flight` and `_queued` gauges and the `_rejected_total` counter report it
-//! through the `metrics` facade (labels `layer` and `name`).
+//! through the `metrics` facade (labels `layer` and `name`). A per-key limit
+//! reports only the counter, summed over its keys: one gauge per key would be
+//! one series per client.
 //!
 //! # Example
 //!
@@ -101,6 +103,7 @@ mod gradient;
 mod gradient2;
 mod keyed;
 mod layer;
+mod metrics;
 mod permit;
 mod service;
 mod vegas;

@@ -11,7 +11,7 @@ use tower_service::Service;
 
 use super::algorithm::LimitAlgorithm;
 use super::future::{PermitBody, Refuse, ResponseFuture};
-use super::gate::{Acquire, Gate, GateConfig};
+use super::gate::{Acquire, Gate, GateConfig, Metrics};
 use super::keyed::KeyedGates;
 use super::layer::Classify;
 use crate::body::ResponseBody;
@@ -38,6 +38,8 @@ pub(crate) struct Shared<A, K, C> {
     pub(crate) algorithm: A,
     pub(crate) clock: C,
     pub(crate) config: GateConfig,
+    /// The handles every per-key gate reports through.
+    pub(crate) metrics: Metrics,
     pub(crate) extractor: K,
     pub(crate) missing: MissingKey,
     pub(crate) refuse: Refuse,
@@ -109,7 +111,13 @@ where
             Some(gate) => gate.acquire(partition, NORMAL),
             None => match shared.extractor.extract(&request) {
                 Some(key) => keyed::<K::Key, A, C>(shared)
-                    .get(key, &shared.algorithm, &shared.clock, &shared.config)
+                    .get(
+                        key,
+                        &shared.algorithm,
+                        &shared.clock,
+                        &shared.config,
+                        &shared.metrics,
+                    )
                     .acquire(partition, NORMAL),
                 None => {
                     return match shared.missing {

@@ -9,8 +9,8 @@ use super::algorithm::{LimitAlgorithm, Sample, check_bounds};
 /// latency, and keep that queue small.
 ///
 /// The no-load latency `rtt0` is the lowest latency seen, re-measured every
-/// `probe x limit` samples (the sample that triggers a probe becomes the new
-/// `rtt0`). For every other sample, with `L` the current limit and
+/// `probe x L` samples, with `L` the fractional limit below (the sample that
+/// triggers a probe becomes the new `rtt0`). For every other sample, with `L` the current limit and
 /// `lg = max(1, floor(log10(L)))`:
 ///
 /// - `queue = ceil(L x (1 - rtt0 / rtt))`;
@@ -145,12 +145,14 @@ impl LimitAlgorithm for Vegas {
     fn update(&mut self, sample: &Sample) -> NonZeroUsize {
         let rtt = sample.rtt.max(Duration::from_nanos(1));
 
+        // The per-limit probe compares against the fractional limit, as the
+        // published rule does: with smoothing, `L` is rarely a whole number.
         self.probe_count += 1;
         let due = match self.probe {
-            Probe::PerLimit(n) => n * (self.limit as usize).max(1),
-            Probe::Every(n) => n,
+            Probe::PerLimit(n) => n as f64 * self.limit,
+            Probe::Every(n) => n as f64,
         };
-        if self.probe_count >= due {
+        if self.probe_count as f64 >= due {
             self.probe_count = 0;
             self.rtt_noload = Some(rtt);
             return self.current();

@@ -26,7 +26,10 @@
 //! Shedding happens when the line changes (a request arrives or one finishes)
 //! and at each waiter's interval deadline, so a shed costs no timer of its own.
 //! The gauges and counters are those of [`concurrency`](crate::concurrency),
-//! with `layer="shed"`, plus `tower_toolbox_shed_total`.
+//! with `layer="shed"`: `tower_toolbox_concurrency_rejected_total` counts the
+//! requests refused on arrival (line full) or after waiting the whole interval,
+//! and `tower_toolbox_shed_total` the waiters dropped from the line (by CoDel,
+//! or to make room for a higher priority).
 //!
 //! # Example
 //!
