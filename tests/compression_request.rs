@@ -145,64 +145,109 @@ async fn corrupt_and_truncated_bodies_are_refused_with_400() {
 
 const TEN_MIB: usize = 10 * 1024 * 1024;
 
-#[tokio::test]
-async fn ten_mib_zero_bombs_are_refused_by_the_ratio_after_little_input() {
-    let zeros = vec![0u8; TEN_MIB];
-    for coding in [Coding::Gzip, Coding::Zstd] {
-        let bomb = support::encode_at(coding, &zeros, coding.levels().1);
-        let (body, pulled) = CountingBody::new(&bomb, 64);
-        let request = Request::post("/")
-            .header(CONTENT_ENCODING, coding.as_str())
-            .body(body)
-            .unwrap();
-        let layer = RequestDecompressionLayer::new().max_size(64 * 1024 * 1024);
-        let (status, _, body, seen) = send(layer, request).await;
+/// 10 MiB of zeros compressed as hard as `coding` allows.
+fn bomb(coding: Coding) -> Vec<u8> {
+    support::encode_at(coding, &vec![0; TEN_MIB], coding.levels().1)
+}
 
-        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{coding}");
-        let detail = problem(&body)["detail"].as_str().unwrap().to_owned();
-        assert!(detail.contains("expands more than 100 times"), "{detail}");
-        assert_eq!(seen.calls.load(Ordering::SeqCst), 0);
-        // 64 KiB decoded at a ratio of 100 needs 656 compressed bytes; the refusal
-        // comes within a few 64-byte frames of that, far short of the whole bomb
-        // for gzip (10 KiB). zstd's bomb is small enough to be read in full.
-        let pulled = pulled.load(Ordering::SeqCst);
-        assert!(
-            pulled <= 656 + 64,
-            "{coding}: pulled {pulled} of {}",
-            bomb.len()
-        );
+/// What sending a bomb did: the answer, how much of the body the layer pulled,
+/// and the refusal event's counts of compressed and decoded bytes.
+struct BombOutcome {
+    status: StatusCode,
+    detail: String,
+    calls: usize,
+    pulled: u64,
+    encoded: u64,
+    decoded: u64,
+}
+
+/// Sends `bomb` in `frame`-byte frames through `layer`.
+async fn send_bomb(
+    layer: RequestDecompressionLayer,
+    coding: Coding,
+    bomb: &[u8],
+    frame: usize,
+) -> BombOutcome {
+    let events = support::Events::default();
+    let _capture = events.capture();
+    let (body, pulled) = CountingBody::new(bomb, frame);
+    let request = Request::post("/")
+        .header(CONTENT_ENCODING, coding.as_str())
+        .body(body)
+        .unwrap();
+    let (status, _, body, seen) = send(layer, request).await;
+
+    let refusals = events.with_message("refusing a compressed request body");
+    assert_eq!(refusals.len(), 1, "{coding}: one refusal event");
+    let count = |name: &str| refusals[0][name].parse::<u64>().unwrap();
+    BombOutcome {
+        status,
+        detail: problem(&body)["detail"].as_str().unwrap().to_owned(),
+        calls: seen.calls.load(Ordering::SeqCst),
+        pulled: pulled.load(Ordering::SeqCst),
+        encoded: count("encoded"),
+        decoded: count("decoded"),
     }
 }
 
 #[tokio::test]
-async fn ten_mib_zero_bombs_stop_at_the_size_limit_when_the_ratio_allows_them() {
-    let zeros = vec![0u8; TEN_MIB];
+async fn ten_mib_zero_bombs_stop_one_byte_past_the_size_limit_having_read_only_what_that_takes() {
+    const LIMIT: u64 = 1024 * 1024;
+    const FRAME: usize = 16;
     for coding in [Coding::Gzip, Coding::Zstd] {
-        let bomb = support::encode_at(coding, &zeros, coding.levels().1);
-        let (body, pulled) = CountingBody::new(&bomb, 64);
-        let request = Request::post("/")
-            .header(CONTENT_ENCODING, coding.as_str())
-            .body(body)
-            .unwrap();
+        let bomb = bomb(coding);
         let layer = RequestDecompressionLayer::new()
-            .max_size(1024 * 1024)
+            .max_size(LIMIT)
             .max_ratio(NonZeroU32::MAX);
-        let (status, _, body, seen) = send(layer, request).await;
+        let outcome = send_bomb(layer, coding, &bomb, FRAME).await;
 
-        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{coding}");
-        let detail = problem(&body)["detail"].as_str().unwrap().to_owned();
+        assert_eq!(outcome.status, StatusCode::PAYLOAD_TOO_LARGE, "{coding}");
         assert_eq!(
-            detail,
+            outcome.detail,
             "the request body decodes to more than 1048576 bytes"
         );
-        assert_eq!(seen.calls.load(Ordering::SeqCst), 0);
-        // 1 MiB of zeros is about a tenth of the bomb: reading stops there.
-        let pulled = pulled.load(Ordering::SeqCst) as usize;
-        assert!(
-            pulled <= bomb.len() / 8 + 64,
-            "{coding}: pulled {pulled} of {}",
-            bomb.len()
-        );
+        assert_eq!(outcome.calls, 0, "{coding}");
+        // Decoding stopped one byte past the limit, never further.
+        assert_eq!(outcome.decoded, LIMIT + 1, "{coding}");
+        // Every byte pulled was decoded, and no frame was pulled past the one
+        // where the output first exceeds the limit.
+        let needed = support::frames_to_exceed(coding, &bomb, FRAME, LIMIT as usize)
+            .expect("the bomb exceeds the limit");
+        assert_eq!(outcome.pulled, (needed * FRAME) as u64, "{coding}");
+        assert_eq!(outcome.encoded, outcome.pulled, "{coding}");
+        assert!(outcome.pulled < bomb.len() as u64, "{coding}");
+    }
+}
+
+#[tokio::test]
+async fn ten_mib_zero_bombs_are_refused_by_the_default_ratio_within_96_kib_decoded() {
+    for coding in [Coding::Gzip, Coding::Zstd] {
+        let bomb = bomb(coding);
+        // Small frames, and the whole bomb in one frame as a socket would hand it over.
+        for frame in [16, bomb.len()] {
+            let outcome = send_bomb(RequestDecompressionLayer::new(), coding, &bomb, frame).await;
+
+            assert_eq!(outcome.status, StatusCode::PAYLOAD_TOO_LARGE, "{coding}");
+            assert_eq!(
+                outcome.detail,
+                "the request body expands more than 100 times (checked past 65536 decoded bytes)"
+            );
+            assert_eq!(outcome.calls, 0, "{coding}");
+            // Stopped in the first 32 KiB of output past the 64 KiB grace, whether
+            // the bomb came in one frame or many: far below the 2 MiB limit.
+            assert!(
+                (65_536 + 1..=98_304).contains(&outcome.decoded),
+                "{coding}/{frame}: decoded {}",
+                outcome.decoded
+            );
+            // The ratio binds as soon as the grace is passed (a bomb's first
+            // 64 KiB come from a few hundred bytes at most), so exactly the frames
+            // that take the output past 64 KiB were pulled, and all were decoded.
+            let needed = support::frames_to_exceed(coding, &bomb, frame, 65_536)
+                .expect("the bomb exceeds 64 KiB");
+            assert_eq!(outcome.pulled, (needed * frame) as u64, "{coding}/{frame}");
+            assert_eq!(outcome.encoded, outcome.pulled, "{coding}/{frame}");
+        }
     }
 }
 

@@ -7,11 +7,13 @@
 mod support;
 
 use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
-use http_body::Frame;
+use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use proptest::prelude::*;
 use tower::{Layer, ServiceExt, service_fn};
@@ -49,6 +51,20 @@ fn chunk(data: &[u8], cuts: &[f64]) -> Vec<Bytes> {
     chunks
 }
 
+/// Polls `body` once, without waiting: its next data frame if it has one ready,
+/// `None` when it is pending or ended.
+fn poll_now<B>(body: &mut Pin<Box<B>>) -> Option<Bytes>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    match body.as_mut().poll_frame(&mut cx) {
+        Poll::Ready(Some(frame)) => Some(frame.unwrap().into_data().unwrap()),
+        Poll::Ready(None) | Poll::Pending => None,
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .build()
@@ -80,6 +96,86 @@ proptest! {
             response.into_body().collect().await.unwrap().to_bytes()
         });
         prop_assert_eq!(support::decode(coding, &encoded), data);
+    }
+
+    /// A stream whose chunks arrive one at a time, with the body pending in
+    /// between: after each chunk, what the client received decodes to exactly the
+    /// chunks produced so far (the encoder was flushed), and the whole response is
+    /// one valid stream of the coding holding exactly the data.
+    #[test]
+    fn streamed_responses_are_decodable_after_every_chunk(
+        coding in coding(),
+        data in body(),
+        cuts in prop::collection::vec(0.0..1.0f64, 0..12),
+        first_ready in any::<bool>(),
+    ) {
+        let chunks = chunk(&data, &cuts);
+        let (tx, channel) = support::ChannelBody::new();
+        let channel = std::sync::Mutex::new(Some(channel));
+        let service = CompressionLayer::new().layer(service_fn(move |_: Request<()>| {
+            let body = channel.lock().unwrap().take().unwrap();
+            let response = Response::builder()
+                .header(CONTENT_TYPE, "text/event-stream")
+                .body(body)
+                .unwrap();
+            async move { Ok::<_, Infallible>(response) }
+        }));
+        let mut chunks = chunks.into_iter();
+        let mut produced = Vec::new();
+        // The first chunk may be ready before the head is decided (the layer
+        // reads ahead to check the minimum size) or not.
+        if first_ready {
+            let first = chunks.next().unwrap();
+            produced.extend_from_slice(&first);
+            tx.send(Frame::data(first)).unwrap();
+        }
+        let request = Request::get("/").header(ACCEPT_ENCODING, coding.as_str()).body(()).unwrap();
+        let response = runtime().block_on(service.oneshot(request)).unwrap();
+        prop_assert_eq!(&response.headers()[CONTENT_ENCODING], coding.as_str());
+
+        let mut body = Box::pin(response.into_body());
+        let mut decoder = support::StreamDecoder::new(coding);
+        let mut received = Vec::new();
+        let mut drain = |body: &mut Pin<Box<_>>, received: &mut Vec<u8>| {
+            let mut decoded = Vec::new();
+            while let Some(bytes) = poll_now(body) {
+                received.extend_from_slice(&bytes);
+                decoded = decoder.push(&bytes).to_vec();
+            }
+            decoded
+        };
+        let decoded = drain(&mut body, &mut received);
+        if !produced.is_empty() {
+            prop_assert!(
+                decoded == produced,
+                "{coding}: {} of the first {} bytes decoded",
+                decoded.len(),
+                produced.len()
+            );
+        }
+        for next in chunks {
+            produced.extend_from_slice(&next);
+            let size = next.len();
+            tx.send(Frame::data(next)).unwrap();
+            let decoded = drain(&mut body, &mut received);
+            // An empty chunk may produce no output at all; anything else must
+            // decode, in full, before the next chunk is produced.
+            if (size > 0 || !decoded.is_empty()) && !produced.is_empty() {
+                prop_assert!(
+                    decoded == produced,
+                    "{coding}: {} of {} bytes decoded after a chunk of {size}",
+                    decoded.len(),
+                    produced.len()
+                );
+            }
+        }
+        drop(tx);
+        drain(&mut body, &mut received);
+        prop_assert!(body.is_end_stream());
+        prop_assert!(
+            support::decode(coding, &received) == data,
+            "{coding}: the whole stream does not decode to the data"
+        );
     }
 
     #[test]

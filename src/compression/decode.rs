@@ -34,7 +34,12 @@ pub(crate) struct BoundedDecoder {
     out: BytesMut,
     limit: u64,
     ratio: u32,
+    /// Compressed bytes given to [`feed`](Self::feed).
     encoded: u64,
+    /// Compressed bytes the decoder has consumed: the ratio is measured on these,
+    /// so a bomb that arrives in one large frame is stopped as early as one that
+    /// arrives in small ones.
+    consumed: u64,
     decoded: u64,
     /// The last member ended and no input followed it yet.
     member_ended: bool,
@@ -51,6 +56,7 @@ impl BoundedDecoder {
             limit,
             ratio: ratio.get(),
             encoded: 0,
+            consumed: 0,
             decoded: 0,
             member_ended: false,
         })
@@ -84,6 +90,7 @@ impl BoundedDecoder {
                 .decoder
                 .decode(input, &mut self.scratch[..room])
                 .map_err(corrupt)?;
+            self.consumed += read as u64;
             self.accept(written)?;
             input = &input[read..];
             self.member_ended = ended;
@@ -144,7 +151,7 @@ impl BoundedDecoder {
             return Err(Refusal::TooLarge { limit: self.limit });
         }
         if self.decoded > RATIO_GRACE
-            && self.decoded > u64::from(self.ratio).saturating_mul(self.encoded)
+            && self.decoded > u64::from(self.ratio).saturating_mul(self.consumed)
         {
             return Err(Refusal::Ratio { ratio: self.ratio });
         }
@@ -226,6 +233,35 @@ mod tests {
         assert_eq!(refusal, Err(Refusal::Ratio { ratio: 100 }));
         assert!(decoder.decoded() <= RATIO_GRACE + SCRATCH as u64);
         assert!(decoder.encoded() < bomb.len() as u64 / 4);
+    }
+
+    #[test]
+    fn a_bomb_in_one_frame_is_stopped_by_the_ratio_as_early_as_in_small_frames() {
+        let zeros = vec![0; 10 << 20];
+        #[cfg(feature = "compression-gzip")]
+        let gzip_bomb = (Coding::Gzip, gzip(&zeros));
+        #[cfg(feature = "compression-zstd")]
+        let zstd_bomb = (Coding::Zstd, zstd::bulk::compress(&zeros, 19).unwrap());
+        for (coding, bomb) in [
+            #[cfg(feature = "compression-gzip")]
+            gzip_bomb,
+            #[cfg(feature = "compression-zstd")]
+            zstd_bomb,
+        ] {
+            let mut decoder = BoundedDecoder::new(coding, 64 << 20, ratio(100)).unwrap();
+            assert_eq!(decoder.feed(&bomb), Err(Refusal::Ratio { ratio: 100 }));
+            // The whole bomb was handed over at once, yet decoding stopped at the
+            // first scratch buffer past the grace: the ratio counts the input the
+            // decoder consumed, not the input it was offered.
+            assert_eq!(decoder.encoded(), bomb.len() as u64, "{coding}");
+            assert!(decoder.decoded() > RATIO_GRACE, "{coding}");
+            assert!(
+                decoder.decoded() <= RATIO_GRACE + SCRATCH as u64,
+                "{coding}: {}",
+                decoder.decoded()
+            );
+            assert!(decoder.out.len() as u64 <= RATIO_GRACE, "{coding}");
+        }
     }
 
     #[cfg(feature = "compression-gzip")]

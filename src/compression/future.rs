@@ -167,6 +167,7 @@ impl<P: Predicate> Plan<P> {
         !self.head
             && !status.is_informational()
             && status != StatusCode::NO_CONTENT
+            && status != StatusCode::RESET_CONTENT
             && status != StatusCode::NOT_MODIFIED
             && status != StatusCode::PARTIAL_CONTENT
             && !headers.contains_key(CONTENT_RANGE)

@@ -60,7 +60,7 @@
 //! read from `Content-Length` or the body's exact size hint; a streamed body of
 //! unknown length is read ahead while it has data ready, up to the minimum, before
 //! the head is sent (it is never waited for). Never compressed: responses to `HEAD`,
-//! statuses without content (1xx, 204, 304), partial content (206 or any
+//! statuses without content (1xx, 204, 205, 304), partial content (206 or any
 //! `Content-Range`), responses that already have a `Content-Encoding`, and gRPC
 //! requests and responses (`application/grpc*`; gRPC compresses each message itself).
 //! `Cache-Control: no-transform` is not consulted: it binds intermediaries (RFC
@@ -92,8 +92,10 @@
 //!   is read. The compressed body may not exceed the limit either, and a
 //!   `Content-Length` over it is refused before anything is read.
 //! - **413** when, past 64 KiB decoded, the body has expanded more than
-//!   [`max_ratio`](RequestDecompressionLayer::max_ratio) times (default 100): a
-//!   zero-filled bomb is stopped after a few kilobytes of input.
+//!   [`max_ratio`](RequestDecompressionLayer::max_ratio) times (default 100),
+//!   measured on the compressed bytes the decoder has consumed: a zero-filled
+//!   bomb is stopped within 96 KiB of output, however large the frames it
+//!   arrives in.
 //! - **415** for a coding that is unknown or not enabled, with `Accept-Encoding`
 //!   listing those that are.
 //! - **400** for data that is not valid in its coding, or ends early.

@@ -162,11 +162,64 @@ impl Body for CountingBody {
     }
 }
 
+/// A brotli decoder driven through the stream API until it has given out all the
+/// output it can. `brotli::DecompressorWriter` stops once its own buffer is full
+/// and its input used up, holding back output that a browser's decoder releases.
+pub struct BrotliStream {
+    state: brotli::BrotliState<
+        brotli::enc::StandardAlloc,
+        brotli::enc::StandardAlloc,
+        brotli::enc::StandardAlloc,
+    >,
+    out: Vec<u8>,
+}
+
+impl Default for BrotliStream {
+    fn default() -> Self {
+        let alloc = brotli::enc::StandardAlloc::default;
+        BrotliStream {
+            state: brotli::BrotliState::new(alloc(), alloc(), alloc()),
+            out: Vec::new(),
+        }
+    }
+}
+
+impl BrotliStream {
+    fn push(&mut self, chunk: &[u8]) -> &[u8] {
+        let mut buffer = vec![0u8; 16 * 1024];
+        let mut input_offset = 0;
+        loop {
+            let mut available_in = chunk.len() - input_offset;
+            let mut available_out = buffer.len();
+            let mut output_offset = 0;
+            let mut total = 0;
+            let result = brotli::BrotliDecompressStream(
+                &mut available_in,
+                &mut input_offset,
+                chunk,
+                &mut available_out,
+                &mut output_offset,
+                &mut buffer,
+                &mut total,
+                &mut self.state,
+            );
+            self.out.extend_from_slice(&buffer[..output_offset]);
+            match result {
+                brotli::BrotliResult::ResultFailure => panic!("invalid brotli"),
+                brotli::BrotliResult::NeedsMoreOutput => continue,
+                // A full buffer may hide more output: ask again with no input.
+                _ if output_offset == buffer.len() => continue,
+                _ => return &self.out,
+            }
+        }
+    }
+}
+
 /// Decodes a compressed stream as it arrives, the way a browser does.
 pub enum StreamDecoder {
     Gzip(flate2::write::GzDecoder<Vec<u8>>),
     Deflate(flate2::write::ZlibDecoder<Vec<u8>>),
-    Brotli(Box<brotli::DecompressorWriter<Vec<u8>>>),
+    Brotli(Box<BrotliStream>),
     Zstd(zstd::stream::write::Decoder<'static, Vec<u8>>),
 }
 
@@ -175,9 +228,7 @@ impl StreamDecoder {
         match coding {
             Coding::Gzip => StreamDecoder::Gzip(flate2::write::GzDecoder::new(Vec::new())),
             Coding::Deflate => StreamDecoder::Deflate(flate2::write::ZlibDecoder::new(Vec::new())),
-            Coding::Brotli => {
-                StreamDecoder::Brotli(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096)))
-            }
+            Coding::Brotli => StreamDecoder::Brotli(Box::default()),
             Coding::Zstd => {
                 StreamDecoder::Zstd(zstd::stream::write::Decoder::new(Vec::new()).unwrap())
             }
@@ -197,11 +248,7 @@ impl StreamDecoder {
                 d.flush().unwrap();
                 d.get_ref()
             }
-            StreamDecoder::Brotli(d) => {
-                d.write_all(chunk).unwrap();
-                d.flush().unwrap();
-                d.get_ref()
-            }
+            StreamDecoder::Brotli(d) => d.push(chunk),
             StreamDecoder::Zstd(d) => {
                 d.write_all(chunk).unwrap();
                 d.flush().unwrap();
@@ -209,4 +256,87 @@ impl StreamDecoder {
             }
         }
     }
+}
+
+/// The fields of the `tracing` events emitted while a capture is installed,
+/// numbers as numbers and everything else as its `Debug` text.
+#[derive(Clone, Default)]
+pub struct Events {
+    events: std::sync::Arc<std::sync::Mutex<Vec<Fields>>>,
+}
+
+/// One event's fields, by name.
+pub type Fields = std::collections::HashMap<&'static str, String>;
+
+impl Events {
+    /// Records the events of this thread until the guard is dropped.
+    pub fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        tracing::subscriber::set_default(self.clone())
+    }
+
+    /// The events whose message contains `text`.
+    pub fn with_message(&self, text: &str) -> Vec<Fields> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.get("message").is_some_and(|m| m.contains(text)))
+            .cloned()
+            .collect()
+    }
+}
+
+struct Visitor<'a>(&'a mut Fields);
+
+impl tracing::field::Visit for Visitor<'_> {
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name(), value.to_string());
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name(), format!("{value:?}"));
+    }
+}
+
+impl tracing::Subscriber for Events {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut fields = Fields::new();
+        event.record(&mut Visitor(&mut fields));
+        self.events.lock().unwrap().push(fields);
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// How many `frame`-byte frames of `encoded` the reference decoder of `coding`
+/// must read before its output exceeds `bytes`: the least a bounded decoder has to
+/// read to know the body is too large. `None` when the whole body decodes to no
+/// more than `bytes`.
+pub fn frames_to_exceed(
+    coding: Coding,
+    encoded: &[u8],
+    frame: usize,
+    bytes: usize,
+) -> Option<usize> {
+    let mut decoder = StreamDecoder::new(coding);
+    for (n, chunk) in encoded.chunks(frame).enumerate() {
+        if decoder.push(chunk).len() > bytes {
+            return Some(n + 1);
+        }
+    }
+    None
 }
