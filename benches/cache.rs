@@ -21,13 +21,14 @@ use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceExt};
 use tower_toolbox::cache::CacheLayer;
 
-/// Counts live and total allocated bytes, and allocations of at least
+/// Counts live and total allocated bytes, allocations, and allocations of at least
 /// `LARGE_FROM` bytes: with `LARGE_FROM` set to a body's size, every copy of the
 /// body needs one of those, so they count body copies.
 struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
 static LARGE_FROM: AtomicUsize = AtomicUsize::new(usize::MAX);
 static LARGE: AtomicUsize = AtomicUsize::new(0);
 
@@ -35,6 +36,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size(), Ordering::Relaxed);
         ALLOCATED.fetch_add(layout.size(), Ordering::Relaxed);
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         if layout.size() >= LARGE_FROM.load(Ordering::Relaxed) {
             LARGE.fetch_add(1, Ordering::Relaxed);
         }
@@ -318,9 +320,12 @@ fn report() {
         eprintln!(
             "memory: {per_entry:.0} B live per stored entry, of which {content} B content \
              (body {BODY}, key {key_len}, header names and values {header_bytes}): \
-             {:.0} B beyond content",
-            per_entry - content as f64
+             {:.0} B beyond content; weighed as {:.0} B against max_bytes",
+            per_entry - content as f64,
+            stats.bytes as f64 / stats.responses as f64,
         );
+
+        moka_alone(key_len);
 
         for size in [1024usize, 100 * 1024] {
             let ours = CacheLayer::new().layer(origin(size));
@@ -342,11 +347,14 @@ fn report() {
                 let start = (
                     ALLOCATED.load(Ordering::Relaxed),
                     LARGE.load(Ordering::Relaxed),
+                    ALLOCATIONS.load(Ordering::Relaxed),
                 );
                 move || {
                     let bytes = (ALLOCATED.load(Ordering::Relaxed) - start.0) / HITS;
                     let copies = (LARGE.load(Ordering::Relaxed) - start.1) as f64 / HITS as f64;
-                    (run, bytes, copies)
+                    let count =
+                        (ALLOCATIONS.load(Ordering::Relaxed) - start.2) as f64 / HITS as f64;
+                    (run, bytes, count, copies)
                 }
             };
             LARGE_FROM.store(size, Ordering::Relaxed);
@@ -378,15 +386,58 @@ fn report() {
                 calls,
                 "every hit was a hit"
             );
-            for (run, bytes, copies) in [ours_row, peer_row] {
+            for (run, bytes, count, copies) in [ours_row, peer_row] {
                 eprintln!(
-                    "hit, {} KiB body, {run}: {bytes} B allocated per hit, \
-                     {copies:.2} body copies per hit (allocations of at least {size} B)",
+                    "hit, {} KiB body, {run}: {bytes} B in {count:.2} allocations per hit \
+                     (with the benchmark's own request), {copies:.2} body copies per hit \
+                     (allocations of at least {size} B)",
                     size / 1024,
                 );
             }
         }
     });
+}
+
+/// moka's own bytes per entry, configured as the layer's store (weigher,
+/// per-entry expiry), holding keys of `key_len` bytes and values with no heap:
+/// the part of the per-entry cost that is not ours to shrink.
+fn moka_alone(key_len: usize) {
+    struct Keep;
+    impl moka::Expiry<std::sync::Arc<str>, u64> for Keep {
+        fn expire_after_create(
+            &self,
+            _: &std::sync::Arc<str>,
+            value: &u64,
+            _: std::time::Instant,
+        ) -> Option<std::time::Duration> {
+            Some(std::time::Duration::from_secs(*value))
+        }
+    }
+    const ENTRIES: usize = 10_000;
+    let cache: moka::sync::Cache<std::sync::Arc<str>, u64> = moka::sync::Cache::builder()
+        .max_capacity(64 << 20)
+        .weigher(|key: &std::sync::Arc<str>, _: &u64| key.len() as u32 + 200)
+        .expire_after(Keep)
+        .build();
+    cache.insert(std::sync::Arc::from("warm"), 3600);
+    cache.run_pending_tasks();
+    let before = LIVE.load(Ordering::Relaxed);
+    for i in 0..ENTRIES {
+        let key = format!("http://bench.test/entry/{i:06}");
+        assert_eq!(key.len(), key_len);
+        cache.insert(std::sync::Arc::from(key), 3600);
+    }
+    cache.run_pending_tasks();
+    assert_eq!(cache.entry_count() as usize, ENTRIES + 1);
+    let after = LIVE.load(Ordering::Relaxed);
+    // The key itself: its bytes and the `Arc` holding them.
+    let key = key_len + 2 * std::mem::size_of::<usize>();
+    let per_entry = (after - before) as f64 / ENTRIES as f64;
+    eprintln!(
+        "memory: moka alone (sync cache, weigher, per-entry expiry): {:.0} B per entry \
+         beyond an Arc<str> key of {key_len} B and a value without heap",
+        per_entry - key as f64
+    );
 }
 
 criterion_group!(benches, hit, miss);

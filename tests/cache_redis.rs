@@ -264,3 +264,127 @@ async fn sharing_resumes_when_redis_comes_back() {
             .unwrap();
     }
 }
+
+#[tokio::test]
+async fn redis_alone_serves_every_layer_from_redis_and_keeps_nothing_in_memory() {
+    let server = RedisServer::start();
+    let store = RedisStore::open(&server.url())
+        .unwrap()
+        .with_prefix("alone");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer_a = CacheLayer::new().redis_only(store.clone());
+    let layer_b = CacheLayer::new().redis_only(store.clone());
+    let a = tower::Layer::layer(&layer_a, origin("a", calls.clone()));
+    let b = tower::Layer::layer(&layer_b, origin("b", calls.clone()));
+
+    assert_eq!(send(&a, get("en")).await, ("a1".to_owned(), None));
+    let keys = until_keys(&server.url(), "alone:cache:*", 1).await;
+    assert_eq!(keys[0], "alone:cache:{http://shared.test/doc}");
+
+    // Hits on both layers, read from Redis.
+    assert_eq!(
+        send(&a, get("en")).await,
+        ("a1".to_owned(), Some("0".to_owned()))
+    );
+    assert_eq!(
+        send(&b, get("en")).await,
+        ("a1".to_owned(), Some("0".to_owned()))
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    for layer in [&layer_a, &layer_b] {
+        let stats = layer.stats();
+        assert_eq!((stats.responses, stats.bytes), (0, 0), "{stats:?}");
+    }
+
+    // Deleted in Redis behind the layers' backs: with no memory tier, both miss.
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let deleted: usize = redis::cmd("DEL")
+        .arg(&keys[0])
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    assert_eq!(send(&b, get("en")).await, ("b2".to_owned(), None));
+    until_keys(&server.url(), "alone:cache:*", 1).await;
+    assert_eq!(
+        send(&a, get("en")).await,
+        ("b2".to_owned(), Some("0".to_owned()))
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn redis_alone_down_sends_every_request_upstream_without_an_error() {
+    let mut server = RedisServer::start();
+    let store = RedisStore::open(&server.url())
+        .unwrap()
+        .with_timeout(Duration::from_millis(50));
+    server.stop();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = CacheLayer::new().redis_only(store);
+    let service = tower::Layer::layer(&layer, origin("o", calls.clone()));
+
+    let started = Instant::now();
+    assert_eq!(send(&service, get("en")).await, ("o1".to_owned(), None));
+    // Nothing was kept anywhere: the next request goes upstream too.
+    assert_eq!(send(&service, get("en")).await, ("o2".to_owned(), None));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(layer.stats().responses, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_alone_collapses_concurrent_misses_into_one_upstream_call() {
+    let server = RedisServer::start();
+    let store = RedisStore::open(&server.url())
+        .unwrap()
+        .with_prefix("collapse");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let origin = {
+        let (calls, gate) = (calls.clone(), gate.clone());
+        Origin::new(tower::service_fn(move |_: Request<()>| {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let gate = gate.clone();
+            async move {
+                gate.notified().await;
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .header("cache-control", "max-age=60")
+                        .body(Full::new(Bytes::from(format!("v{n}"))))
+                        .unwrap(),
+                )
+            }
+        }))
+    };
+    let layer = CacheLayer::new().redis_only(store);
+    let service = tower::Layer::layer(&layer, origin);
+
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move { send(&service, get("en")).await.0 })
+        })
+        .collect();
+    // Every other request is parked behind the one upstream call.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while layer.stats().waiting != 99 {
+        assert!(Instant::now() < deadline, "{:?}", layer.stats());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    gate.notify_one();
+
+    // The waiters are served the leader's response as it is stored, without
+    // waiting for its background write to Redis.
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), "v1");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(layer.stats().in_flight, 0);
+}

@@ -20,7 +20,8 @@ pin_project! {
     /// The body of a response from the inner service.
     ///
     /// Either the inner body untouched, or the inner body streamed as it arrives
-    /// while its frames are kept (shared, not copied) up to the size limit. When
+    /// while its frames are kept (shared, not copied) up to the size limit, then
+    /// joined into one buffer of the body's exact size for the store. When
     /// the client goes away before the end, the rest is read in the background so
     /// the response is still stored for the requests waiting on it.
     pub struct TeeBody<B> {
@@ -109,19 +110,19 @@ impl<B> Tee<B> {
     }
 }
 
-/// Joins the kept chunks; a single chunk is kept as is (no copy).
-fn join(mut chunks: Vec<Bytes>) -> Bytes {
-    match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop().unwrap_or_default(),
-        _ => {
-            let mut out = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
-            for chunk in chunks {
-                out.extend_from_slice(&chunk);
-            }
-            out.freeze()
-        }
+/// Joins the kept chunks into one buffer of their exact size, even a single
+/// chunk: a chunk read from the network is a slice of the connection's receive
+/// buffer, and a stored slice would keep all of that buffer alive, unweighed.
+/// The copy is made once per stored response; hits share the result.
+fn join(chunks: Vec<Bytes>) -> Bytes {
+    if chunks.is_empty() {
+        return Bytes::new();
     }
+    let mut out = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+    for chunk in chunks {
+        out.extend_from_slice(&chunk);
+    }
+    out.freeze()
 }
 
 impl<B> Body for TeeBody<B>

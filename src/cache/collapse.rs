@@ -9,13 +9,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
 
+use super::entry::Entry;
+
 /// How a leader's request ended, as its waiters see it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub(crate) enum Outcome {
     /// Still in flight.
     Pending,
-    /// The response is in the store: look again.
-    Stored,
+    /// The response was stored: here it is, so a waiter needs no store lookup
+    /// (and none at all where the only store is remote and written in the
+    /// background).
+    Stored(Arc<Entry>),
     /// The response could not be stored, the request failed, or the leader went
     /// away: go upstream yourself.
     Released,

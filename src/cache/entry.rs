@@ -11,6 +11,7 @@ use http::header::{
 use http::{HeaderMap, Response, StatusCode, Version};
 
 use super::directives::{self, CacheControl};
+use super::fields::{Fields, SHARED_BUFFER};
 use super::policy::{self, Mode};
 use super::vary::Vary;
 
@@ -29,7 +30,8 @@ pub(crate) struct Freshness {
 pub(crate) struct Entry {
     pub(crate) status: StatusCode,
     pub(crate) version: Version,
-    pub(crate) headers: HeaderMap,
+    /// The stored fields, without `Age` (a hit sets its own).
+    pub(crate) headers: Fields,
     pub(crate) body: Bytes,
     pub(crate) vary: Vary,
     /// When the response arrived (wall time of the cache).
@@ -95,15 +97,7 @@ impl Entry {
             freshness.max_heuristic,
         );
         let initial_age = policy::corrected_initial_age(&headers, request_time, response_time);
-        // Stored with its `Age` field, so a hit replaces the value in place instead
-        // of growing a copy of the map.
-        let mut headers = headers;
-        headers.insert(AGE, age_value(initial_age));
-        // A clone holds exactly its fields; the map it came from may have grown
-        // several times the slots it uses while being parsed and edited, and a
-        // stored map lives long.
-        #[allow(clippy::redundant_clone)]
-        let headers = headers.clone();
+        let headers = Fields::new(&headers, &AGE);
         let shared = freshness.mode == Mode::Shared;
         Entry {
             status,
@@ -161,9 +155,8 @@ impl Entry {
         response_time: SystemTime,
         freshness: &Freshness,
     ) -> Self {
-        let mut headers = self.headers.clone();
-        // The age starts again from what the 304 says.
-        headers.remove(AGE);
+        // The age starts again from what the 304 says (the stored fields have none).
+        let mut headers = self.headers.to_map(not_modified.len());
         let mut update = not_modified.clone();
         strip_hop_by_hop(&mut update);
         for name in [CONTENT_LENGTH, CONTENT_ENCODING, CONTENT_RANGE] {
@@ -209,17 +202,22 @@ impl Entry {
 
     /// Its `ETag`, if any.
     pub(crate) fn etag(&self) -> Option<&HeaderValue> {
-        self.headers.get(ETAG)
+        self.headers.get(&ETAG)
     }
 
     /// Its `Last-Modified`, if valid.
     pub(crate) fn last_modified(&self) -> Option<SystemTime> {
-        directives::last_modified(&self.headers)
+        directives::parse_date(self.headers.get(&http::header::LAST_MODIFIED)?)
+    }
+
+    /// Its `Date`, if valid.
+    pub(crate) fn date(&self) -> Option<SystemTime> {
+        directives::parse_date(self.headers.get(&DATE)?)
     }
 
     /// Whether it can be revalidated with a conditional request.
     pub(crate) fn has_validator(&self) -> bool {
-        self.etag().is_some() || self.headers.contains_key(http::header::LAST_MODIFIED)
+        self.etag().is_some() || self.headers.contains_key(&http::header::LAST_MODIFIED)
     }
 
     /// How long after arrival the store may keep it: until it is stale past every
@@ -237,14 +235,18 @@ impl Entry {
         fresh_for.saturating_add(extra)
     }
 
-    /// The approximate bytes the entry holds, for the store's weigher.
+    /// The bytes the entry holds, for the store's weigher: itself in its `Arc`,
+    /// its fields, its body buffer and its secondary key.
     pub(crate) fn weight(&self) -> usize {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 48)
-            .sum();
-        std::mem::size_of::<Self>() + headers + self.body.len() + self.vary.heap_size()
+        let body = match self.body.len() {
+            0 => 0,
+            len => len + SHARED_BUFFER,
+        };
+        std::mem::size_of::<Self>()
+            + 2 * std::mem::size_of::<usize>()
+            + self.headers.heap_size()
+            + body
+            + self.vary.heap_size()
     }
 
     /// The response a hit is served as: the stored head with `Age`, and the stored
@@ -258,8 +260,8 @@ impl Entry {
         let mut response = Response::new(body);
         *response.status_mut() = self.status;
         *response.version_mut() = self.version;
-        let mut headers = self.headers.clone();
-        headers.insert(AGE, age_value(age));
+        let mut headers = self.headers.to_map(1);
+        headers.append(AGE, age_value(age));
         *response.headers_mut() = headers;
         response
     }

@@ -65,6 +65,7 @@ impl CacheLayer {
                 hit_for_miss: Duration::from_secs(10),
                 responder: Responder::default(),
                 wall_origin: None,
+                in_memory: true,
                 #[cfg(feature = "redis")]
                 redis: None,
             },
@@ -94,7 +95,9 @@ impl<C: Clock> CacheLayer<C> {
     }
 
     /// The most the in-memory store holds, in bytes: URL keys, header fields,
-    /// bodies and about 200 bytes of bookkeeping per response (default 64 MiB).
+    /// bodies, the stored entries themselves and the store's own bookkeeping
+    /// per URL (default 64 MiB). See the [module docs](super#limitations) for
+    /// what one entry costs beyond its content.
     /// The least recently and least frequently used responses go first.
     pub fn max_bytes(self, bytes: NonZeroU64) -> Self {
         self.with(|c| c.max_bytes = bytes.get())
@@ -181,9 +184,28 @@ impl<C: Clock> CacheLayer<C> {
     /// Keeps responses in Redis too, behind the in-memory store: shared by every
     /// instance using the same store and prefix. Reads and writes are bounded by
     /// the store's timeout; a slow or absent Redis is a miss, never an error.
+    /// Replaces an earlier [`redis_only`](Self::redis_only).
     #[cfg(feature = "redis")]
     pub fn redis(self, store: crate::store::RedisStore) -> Self {
-        self.with(|c| c.redis = Some(store))
+        self.with(|c| {
+            c.redis = Some(store);
+            c.in_memory = true;
+        })
+    }
+
+    /// Keeps responses in Redis alone, with no in-memory tier: every instance
+    /// sees the same stored responses at once (an invalidation or a new version
+    /// on one is at once the others' too), and the instances hold no cached
+    /// bytes themselves. Every hit costs a Redis round trip, bounded by the
+    /// store's timeout; a slow or absent Redis is a miss, never an error.
+    /// [`max_bytes`](Self::max_bytes) does not apply: Redis' own `maxmemory`
+    /// policy bounds the store. Replaces an earlier [`redis`](Self::redis).
+    #[cfg(feature = "redis")]
+    pub fn redis_only(self, store: crate::store::RedisStore) -> Self {
+        self.with(|c| {
+            c.redis = Some(store);
+            c.in_memory = false;
+        })
     }
 
     /// Reads time from `clock` instead.
@@ -195,13 +217,16 @@ impl<C: Clock> CacheLayer<C> {
         }
     }
 
-    /// The in-memory store's occupancy, after pending evictions are applied.
+    /// The in-memory store's occupancy, after pending evictions are applied
+    /// (zero responses and bytes with Redis alone, `redis_only`).
     pub fn stats(&self) -> CacheStats {
         let shared = self.shared();
-        shared.memory.run_pending_tasks();
+        if let Some(memory) = &shared.memory {
+            memory.run_pending_tasks();
+        }
         CacheStats {
-            responses: shared.memory.entry_count(),
-            bytes: shared.memory.weighted_size(),
+            responses: shared.memory.as_ref().map_or(0, |m| m.entry_count()),
+            bytes: shared.memory.as_ref().map_or(0, |m| m.weighted_size()),
             in_flight: shared.inflight.len(),
             waiting: shared.inflight.waiting(),
         }

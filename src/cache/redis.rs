@@ -127,7 +127,7 @@ pub(crate) fn encode(entry: &Entry) -> Bytes {
         }
     }
     out.put_u32(u32::try_from(entry.headers.len()).unwrap_or(0));
-    for (name, value) in &entry.headers {
+    for (name, value) in entry.headers.iter() {
         put_bytes(&mut out, name.as_str().as_bytes());
         put_bytes(&mut out, value.as_bytes());
     }

@@ -97,7 +97,7 @@ where
         let request_cc = CacheControl::parse_request(&parts.headers);
 
         let mut stale = None;
-        if let Some(entry) = shared.memory.get(&key, &parts.headers) {
+        if let Some(entry) = shared.memory_get(&key, &parts.headers) {
             let age = entry.age(shared.now());
             match shared.decide(&entry, &request_cc, age) {
                 Use::Serve => {

@@ -37,6 +37,8 @@ pub(crate) struct Config {
     pub(crate) hit_for_miss: Duration,
     pub(crate) responder: Responder,
     pub(crate) wall_origin: Option<SystemTime>,
+    /// Whether responses are kept in memory (off only with Redis alone).
+    pub(crate) in_memory: bool,
     #[cfg(feature = "redis")]
     pub(crate) redis: Option<crate::store::RedisStore>,
 }
@@ -67,7 +69,8 @@ pub(crate) struct Shared<C> {
     pub(crate) config: Config,
     pub(crate) clock: C,
     wall_origin: SystemTime,
-    pub(crate) memory: MemoryStore,
+    /// The in-memory tier; `None` when Redis is the only store.
+    pub(crate) memory: Option<MemoryStore>,
     pub(crate) inflight: Arc<Inflight>,
     /// URLs whose last response could not be stored, with the clock time until
     /// which they skip collapsing. moka's own expiry (on real time) only bounds
@@ -95,7 +98,9 @@ impl<C: Clock> Shared<C> {
             .time_to_live(config.hit_for_miss.max(Duration::from_nanos(1)))
             .build();
         Shared {
-            memory: MemoryStore::new(config.max_bytes, config.keep_stale),
+            memory: config
+                .in_memory
+                .then(|| MemoryStore::new(config.max_bytes, config.keep_stale)),
             config,
             clock,
             wall_origin,
@@ -103,6 +108,12 @@ impl<C: Clock> Shared<C> {
             hit_for_miss,
             refreshing: Mutex::default(),
         }
+    }
+
+    /// The response stored in memory for `key` that `request` selects.
+    #[inline]
+    pub(crate) fn memory_get(&self, key: &str, request: &HeaderMap) -> Option<Arc<Entry>> {
+        self.memory.as_ref()?.get(key, request)
     }
 
     /// The cache's wall time: the origin's wall time plus the clock's reading.
@@ -214,7 +225,7 @@ impl<C: Clock> Shared<C> {
                 entry.etag(),
                 entry
                     .last_modified()
-                    .or_else(|| directives::date(&entry.headers))
+                    .or_else(|| entry.date())
                     .or(Some(entry.response_time)),
             )
         {
@@ -245,13 +256,17 @@ impl<C: Clock> Shared<C> {
         }
         #[cfg(feature = "redis")]
         self.put_remote(key, &entry);
-        self.memory.put(key, entry);
+        if let Some(memory) = &self.memory {
+            memory.put(key, entry);
+        }
     }
 
     /// Forgets every stored response for `key` in every tier.
     pub(crate) fn invalidate(self: &Arc<Self>, key: &str) {
         tracing::debug!(%key, "cache invalidate");
-        self.memory.invalidate(key);
+        if let Some(memory) = &self.memory {
+            memory.invalidate(key);
+        }
         #[cfg(feature = "redis")]
         self.invalidate_remote(key);
     }
@@ -460,9 +475,10 @@ impl<C: Clock> Completion for StoreAtEnd<C> {
                     this.response_time,
                     &this.shared.config.freshness,
                 );
-                this.shared.put(&this.key, Arc::new(entry));
+                let entry = Arc::new(entry);
+                this.shared.put(&this.key, entry.clone());
                 if let Some(leader) = this.leader {
-                    leader.finish(Outcome::Stored);
+                    leader.finish(Outcome::Stored(entry));
                 }
             }
             None => {

@@ -11,55 +11,85 @@ use super::entry::Entry;
 /// The most variants (distinct `Vary` selections) kept per URL; the oldest goes.
 const MAX_VARIANTS: usize = 16;
 
-/// The stored variants of one URL.
-#[derive(Debug)]
-pub(crate) struct Variants {
-    entries: Vec<Arc<Entry>>,
-    /// How long the store keeps this value from its last write.
-    keep: Duration,
+/// The stored variants of one URL: most URLs have one, held with no list around
+/// it.
+#[derive(Clone, Debug)]
+pub(crate) enum Variants {
+    One(Arc<Entry>),
+    Many(Arc<[Arc<Entry>]>),
 }
 
 impl Variants {
+    fn entries(&self) -> &[Arc<Entry>] {
+        match self {
+            Variants::One(entry) => std::slice::from_ref(entry),
+            Variants::Many(entries) => entries,
+        }
+    }
+
     fn weight(&self, key: &str) -> u32 {
-        let bytes = key.len()
-            + std::mem::size_of::<Self>()
-            + self
-                .entries
-                .iter()
-                .map(|e| e.weight() + std::mem::size_of::<Arc<Entry>>())
-                .sum::<usize>();
+        let list = match self {
+            Variants::One(_) => 0,
+            Variants::Many(entries) => {
+                2 * std::mem::size_of::<usize>() + std::mem::size_of_val::<[Arc<Entry>]>(entries)
+            }
+        };
+        let bytes = STORE_OVERHEAD
+            + key.len()
+            + 2 * std::mem::size_of::<usize>()
+            + list
+            + self.entries().iter().map(|e| e.weight()).sum::<usize>();
         u32::try_from(bytes).unwrap_or(u32::MAX)
     }
 }
 
-struct KeepFor;
+/// moka's own bytes per stored URL (its entry, deque and timer nodes, hash table
+/// slot), as `benches/cache.rs` measures it for a sync cache with a weigher and
+/// per-entry expiry holding 10,000 keys: counted in every weight so that the
+/// byte budget covers what the store really holds.
+const STORE_OVERHEAD: usize = 272;
 
-impl Expiry<Arc<str>, Arc<Variants>> for KeepFor {
+/// Keeps a value while its longest-kept variant is usable.
+struct KeepFor {
+    keep_stale: Duration,
+}
+
+impl KeepFor {
+    fn keep(&self, value: &Variants) -> Duration {
+        value
+            .entries()
+            .iter()
+            .map(|e| e.time_to_keep(self.keep_stale))
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+impl Expiry<Arc<str>, Variants> for KeepFor {
     fn expire_after_create(
         &self,
         _key: &Arc<str>,
-        value: &Arc<Variants>,
+        value: &Variants,
         _created_at: Instant,
     ) -> Option<Duration> {
-        Some(value.keep)
+        Some(self.keep(value))
     }
 
     fn expire_after_update(
         &self,
         _key: &Arc<str>,
-        value: &Arc<Variants>,
+        value: &Variants,
         _updated_at: Instant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
-        Some(value.keep)
+        Some(self.keep(value))
     }
 }
 
 /// Stored responses by primary key, bounded in bytes.
 #[derive(Clone)]
 pub(crate) struct MemoryStore {
-    cache: moka::sync::Cache<Arc<str>, Arc<Variants>>,
-    keep_stale: Duration,
+    cache: moka::sync::Cache<Arc<str>, Variants>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -72,49 +102,50 @@ impl std::fmt::Debug for MemoryStore {
 }
 
 impl MemoryStore {
-    /// A store holding at most `max_bytes` (key, headers, body and bookkeeping).
+    /// A store holding at most `max_bytes` (key, header fields, body, the entry
+    /// and moka's bookkeeping).
     pub(crate) fn new(max_bytes: u64, keep_stale: Duration) -> Self {
         let cache = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|key: &Arc<str>, value: &Arc<Variants>| value.weight(key))
-            .expire_after(KeepFor)
+            .weigher(|key: &Arc<str>, value: &Variants| value.weight(key))
+            .expire_after(KeepFor { keep_stale })
             .build();
-        MemoryStore { cache, keep_stale }
+        MemoryStore { cache }
     }
 
     /// The stored response for `key` whose secondary key matches `request`.
     #[inline]
     pub(crate) fn get(&self, key: &str, request: &HeaderMap) -> Option<Arc<Entry>> {
-        let variants = self.cache.get(key)?;
-        variants
-            .entries
-            .iter()
-            .find(|entry| entry.vary.matches(request))
-            .cloned()
+        match self.cache.get(key)? {
+            Variants::One(entry) => entry.vary.matches(request).then_some(entry),
+            Variants::Many(entries) => entries
+                .iter()
+                .find(|entry| entry.vary.matches(request))
+                .cloned(),
+        }
     }
 
     /// Stores `entry` under `key`, replacing the variant with the same secondary key.
     pub(crate) fn put(&self, key: &str, entry: Arc<Entry>) {
         let mut entries: Vec<Arc<Entry>> = match self.cache.get(key) {
             Some(old) => old
-                .entries
+                .entries()
                 .iter()
                 .filter(|e| e.vary != entry.vary)
                 .cloned()
                 .collect(),
             None => Vec::new(),
         };
-        if entries.len() >= MAX_VARIANTS {
-            entries.remove(0);
-        }
-        entries.push(entry);
-        let keep = entries
-            .iter()
-            .map(|e| e.time_to_keep(self.keep_stale))
-            .max()
-            .unwrap_or_default();
-        self.cache
-            .insert(Arc::from(key), Arc::new(Variants { entries, keep }));
+        let value = if entries.is_empty() {
+            Variants::One(entry)
+        } else {
+            if entries.len() >= MAX_VARIANTS {
+                entries.remove(0);
+            }
+            entries.push(entry);
+            Variants::Many(Arc::from(entries))
+        };
+        self.cache.insert(Arc::from(key), value);
     }
 
     /// Forgets every variant under `key`.

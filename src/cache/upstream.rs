@@ -62,12 +62,24 @@ where
     if stale.is_none() {
         if let Some(entry) = shared.get_remote(&key, request.headers()).await {
             let age = entry.age(shared.now());
-            shared.memory.put(&key, entry.clone());
-            if shared.decide(&entry, &request_cc, age) == Use::Serve {
-                let response = shared.serve(&entry, age, request.method(), request.headers());
-                return Ok(ready(response));
+            if let Some(memory) = &shared.memory {
+                memory.put(&key, entry.clone());
             }
-            stale = Some(entry);
+            match shared.decide(&entry, &request_cc, age) {
+                Use::Serve => {
+                    let response = shared.serve(&entry, age, request.method(), request.headers());
+                    return Ok(ready(response));
+                }
+                Use::ServeAndRefresh => {
+                    let response = shared.serve(&entry, age, request.method(), request.headers());
+                    let mut request = request;
+                    // Refresh with a `GET` even when a `HEAD` found the entry.
+                    *request.method_mut() = Method::GET;
+                    refresh(shared, inner, request, key, entry);
+                    return Ok(ready(response));
+                }
+                Use::Revalidate => stale = Some(entry),
+            }
         }
     }
 
@@ -92,8 +104,15 @@ where
                 return lead(shared, inner, request, key, request_cc, leader).await;
             }
             Role::Waiter(receiver) => {
-                if wait(&shared, receiver).await == Outcome::Stored {
-                    if let Some(entry) = shared.memory.get(&key, request.headers()) {
+                if let Outcome::Stored(stored) = wait(&shared, receiver).await {
+                    // The leader's response, or another stored variant when the
+                    // leader's `Vary` selection is not this request's.
+                    let entry = if stored.vary.matches(request.headers()) {
+                        Some(stored)
+                    } else {
+                        shared.memory_get(&key, request.headers())
+                    };
+                    if let Some(entry) = entry {
                         let age = entry.age(shared.now());
                         if shared.decide(&entry, &request_cc, age) == Use::Serve {
                             let response =
@@ -119,8 +138,8 @@ async fn wait<C: Clock>(
     let deadline = shared.clock.now() + shared.config.collapse_timeout;
     let mut sleep = pin!(shared.clock.sleep_until(deadline));
     let mut outcome = pin!(async move {
-        match receiver.wait_for(|o| *o != Outcome::Pending).await {
-            Ok(outcome) => *outcome,
+        match receiver.wait_for(|o| !matches!(o, Outcome::Pending)).await {
+            Ok(outcome) => outcome.clone(),
             Err(_) => Outcome::Released,
         }
     });
@@ -213,10 +232,10 @@ where
     let headers = request.headers_mut();
     headers.remove(IF_NONE_MATCH);
     headers.remove(IF_MODIFIED_SINCE);
-    if let Some(etag) = entry.headers.get(ETAG) {
+    if let Some(etag) = entry.headers.get(&ETAG) {
         headers.insert(IF_NONE_MATCH, etag.clone());
     }
-    if let Some(modified) = entry.headers.get(LAST_MODIFIED) {
+    if let Some(modified) = entry.headers.get(&LAST_MODIFIED) {
         headers.insert(IF_MODIFIED_SINCE, modified.clone());
     }
     let forwarded = request.headers().clone();
