@@ -113,8 +113,23 @@ impl ClientIp {
     }
 
     /// The client address of a request from `peer` with `headers`, before masking.
+    #[inline]
     fn client(&self, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
         match &self.trust {
+            Trust::Nobody => peer,
+            trust => self.client_behind_proxies(trust, peer, headers),
+        }
+    }
+
+    /// [`client`](Self::client) when some proxies are trusted: out of line, so the
+    /// direct case stays small.
+    fn client_behind_proxies(
+        &self,
+        trust: &Trust,
+        peer: IpAddr,
+        headers: &http::HeaderMap,
+    ) -> IpAddr {
+        match trust {
             Trust::Nobody => peer,
             Trust::Proxies(networks) => {
                 let trusted = |ip: &IpAddr| networks.iter().any(|net| net.contains(ip));
@@ -145,6 +160,7 @@ impl ClientIp {
         }
     }
 
+    #[inline]
     fn mask(&self, ip: IpAddr) -> IpAddr {
         match ip {
             IpAddr::V4(v4) => {
@@ -166,23 +182,25 @@ impl Default for ClientIp {
 }
 
 /// IPv4-mapped IPv6 addresses become IPv4.
+#[inline]
 fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
 /// The peer address recorded in the request's extensions.
-fn peer_addr<B>(request: &Request<B>) -> Option<SocketAddr> {
+#[inline]
+fn peer_ip<B>(request: &Request<B>) -> Option<IpAddr> {
     let extensions = request.extensions();
 
     // axum's first: it is what most services have.
     #[cfg(feature = "axum")]
     if let Some(info) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
-        return Some(info.0);
+        return Some(info.0.ip());
     }
     if let Some(PeerAddr(addr)) = extensions.get::<PeerAddr>() {
-        return Some(*addr);
+        return Some(addr.ip());
     }
-    extensions.get::<SocketAddr>().copied()
+    extensions.get::<SocketAddr>().map(SocketAddr::ip)
 }
 
 impl<B> KeyExtractor<B> for ClientIp {
@@ -190,7 +208,7 @@ impl<B> KeyExtractor<B> for ClientIp {
 
     #[inline]
     fn extract(&self, request: &Request<B>) -> Option<IpAddr> {
-        let peer = canonical(peer_addr(request)?.ip());
+        let peer = canonical(peer_ip(request)?);
         Some(self.mask(self.client(peer, request.headers())))
     }
 
