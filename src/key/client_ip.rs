@@ -163,15 +163,18 @@ impl ClientIp {
     #[inline]
     fn mask(&self, ip: IpAddr) -> IpAddr {
         match ip {
-            IpAddr::V4(v4) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.ipv4_prefix));
-                IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask.unwrap_or(0)))
-            }
+            IpAddr::V4(v4) => IpAddr::V4(self.mask_v4(v4)),
             IpAddr::V6(v6) => {
                 let mask = u128::MAX.checked_shl(128 - u32::from(self.ipv6_prefix));
                 IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask.unwrap_or(0)))
             }
         }
+    }
+
+    #[inline]
+    fn mask_v4(&self, v4: Ipv4Addr) -> Ipv4Addr {
+        let mask = u32::MAX.checked_shl(32 - u32::from(self.ipv4_prefix));
+        Ipv4Addr::from(u32::from(v4) & mask.unwrap_or(0))
     }
 }
 
@@ -208,7 +211,15 @@ impl<B> KeyExtractor<B> for ClientIp {
 
     #[inline]
     fn extract(&self, request: &Request<B>) -> Option<IpAddr> {
-        let peer = canonical(peer_ip(request)?);
+        let peer = peer_ip(request)?;
+
+        // The common case, an IPv4 peer keyed directly, kept as one `u32` from
+        // start to end: merged with the IPv6 path, the address goes through
+        // memory in pieces and is read back whole, which stalls the load.
+        if let (IpAddr::V4(v4), Trust::Nobody) = (peer, &self.trust) {
+            return Some(IpAddr::V4(self.mask_v4(v4)));
+        }
+        let peer = canonical(peer);
         Some(self.mask(self.client(peer, request.headers())))
     }
 

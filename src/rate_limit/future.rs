@@ -65,14 +65,30 @@ pin_project! {
         Waiting {
             waiting: Pin<Box<Waiting<S, B, Sl>>>,
         },
+        // Calling the inner service, with no headers to add: the common case,
+        // apart from `Stamping` so that it has nothing else to check or drop.
         Calling {
+            #[pin]
+            future: F,
+        },
+        // Calling the inner service; its response gets these headers.
+        Stamping {
             #[pin]
             future: F,
             stamp: Option<Box<Stamp>>,
         },
         Rejected {
-            response: Option<Response<Bytes>>,
+            response: Option<Box<Response<Bytes>>>,
         },
+    }
+}
+
+impl<S, B, F, Sl> State<S, B, F, Sl> {
+    fn calling(future: F, stamp: Option<Box<Stamp>>) -> Self {
+        match stamp {
+            None => State::Calling { future },
+            stamp => State::Stamping { future, stamp },
+        }
     }
 }
 
@@ -97,14 +113,14 @@ pin_project! {
 impl<S, B, F, Sl> ResponseFuture<S, B, F, Sl> {
     pub(crate) fn calling(future: F, stamp: Option<Box<Stamp>>) -> Self {
         ResponseFuture {
-            state: State::Calling { future, stamp },
+            state: State::calling(future, stamp),
         }
     }
 
     pub(crate) fn rejected(response: Response<Bytes>) -> Self {
         ResponseFuture {
             state: State::Rejected {
-                response: Some(response),
+                response: Some(Box::new(response)),
             },
         }
     }
@@ -160,62 +176,90 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
-            let mut this = self.as_mut().project();
-            let next = match this.state.as_mut().project() {
-                StateProj::Calling { future, stamp } => {
-                    let mut response = ready!(future.poll(cx))?;
-                    if let Some(stamp) = stamp.take() {
-                        stamp.apply(response.headers_mut());
-                    }
-                    return Poll::Ready(Ok(response.map(ResponseBody::new)));
-                }
-                StateProj::Rejected { response } => {
-                    let response = response.take().expect("polled after completion");
-                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
-                }
-                StateProj::Waiting { waiting } => {
-                    let waiting = waiting.as_mut().project();
-                    ready!(waiting.sleep.poll(cx));
-                    drop(waiting.slot.take());
-                    let mut service = waiting.service.take().expect("polled after completion");
-                    let request = waiting.request.take().expect("polled after completion");
-                    State::Calling {
-                        future: service.call(request),
-                        stamp: waiting.stamp.take(),
-                    }
-                }
-                StateProj::Deciding { deciding } => {
-                    let pending = deciding.as_mut().expect("polled after completion");
-                    let next = ready!(pending.decision.as_mut().poll(cx));
-                    let Deciding {
-                        mut service,
-                        request,
-                        responder,
-                        ..
-                    } = *deciding.take().expect("polled after completion");
-                    match next {
-                        Next::Reject(rejection) => State::Rejected {
-                            response: Some(
-                                responder.respond(&rejection, &RequestHead::of(&request)),
-                            ),
-                        },
-                        Next::Pass {
-                            stamp,
-                            sleep: Some((sleep, slot)),
-                        } => {
-                            let waiting = Self::waiting(sleep, slot, service, request, stamp);
-                            waiting.state
-                        }
-                        Next::Pass { stamp, sleep: None } => State::Calling {
-                            future: service.call(request),
-                            stamp,
-                        },
-                    }
-                }
-            };
-            this.state.set(next);
+            // The admitted request's state first, mapped in place: the response
+            // is the largest value here, and every move of it costs.
+            if let StateProj::Calling { future } = self.as_mut().project().state.project() {
+                return future
+                    .poll(cx)
+                    .map(|result| result.map(|response| response.map(ResponseBody::new)));
+            }
+            if let Some(output) = ready!(self.as_mut().advance(cx)) {
+                return Poll::Ready(output);
+            }
         }
     }
+}
+
+impl<S, B, F, Sl, ResB, E> ResponseFuture<S, B, F, Sl>
+where
+    S: Service<Request<B>, Future = F>,
+    F: Future<Output = Result<Response<ResB>, E>>,
+    Sl: Future<Output = ()>,
+{
+    /// Drives the states other than `Calling`: `Ready(Some(..))` with the
+    /// response, `Ready(None)` once the state moved on.
+    #[inline(never)]
+    fn advance(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Response<ResponseBody<ResB>>, E>>> {
+        let mut this = self.project();
+        let next = match this.state.as_mut().project() {
+            // Polled by `poll` itself.
+            StateProj::Calling { .. } => return Poll::Ready(None),
+            StateProj::Stamping { future, stamp } => {
+                let result = ready!(future.poll(cx));
+                let stamp = stamp.take();
+                return Poll::Ready(Some(result.map(|response| stamped(response, stamp))));
+            }
+            StateProj::Rejected { response } => {
+                let response = *response.take().expect("polled after completion");
+                return Poll::Ready(Some(Ok(response.map(ResponseBody::full))));
+            }
+            StateProj::Waiting { waiting } => {
+                let waiting = waiting.as_mut().project();
+                ready!(waiting.sleep.poll(cx));
+                drop(waiting.slot.take());
+                let mut service = waiting.service.take().expect("polled after completion");
+                let request = waiting.request.take().expect("polled after completion");
+                State::calling(service.call(request), waiting.stamp.take())
+            }
+            StateProj::Deciding { deciding } => {
+                let pending = deciding.as_mut().expect("polled after completion");
+                let next = ready!(pending.decision.as_mut().poll(cx));
+                let Deciding {
+                    mut service,
+                    request,
+                    responder,
+                    ..
+                } = *deciding.take().expect("polled after completion");
+                match next {
+                    Next::Reject(rejection) => State::Rejected {
+                        response: Some(Box::new(
+                            responder.respond(&rejection, &RequestHead::of(&request)),
+                        )),
+                    },
+                    Next::Pass {
+                        stamp,
+                        sleep: Some((sleep, slot)),
+                    } => Self::waiting(sleep, slot, service, request, stamp).state,
+                    Next::Pass { stamp, sleep: None } => {
+                        State::calling(service.call(request), stamp)
+                    }
+                }
+            }
+        };
+        this.state.set(next);
+        Poll::Ready(None)
+    }
+}
+
+/// `response` with the rate limit headers of `stamp`, if any.
+fn stamped<B>(mut response: Response<B>, stamp: Option<Box<Stamp>>) -> Response<ResponseBody<B>> {
+    if let Some(stamp) = stamp {
+        stamp.apply(response.headers_mut());
+    }
+    response.map(ResponseBody::new)
 }
 
 impl<S, B, F, Sl> std::fmt::Debug for ResponseFuture<S, B, F, Sl> {

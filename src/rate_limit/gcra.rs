@@ -52,11 +52,11 @@ impl Limit {
         Check::Allow { tat: new_tat, wait }
     }
 
-    /// Whole units available at `now` for a key whose TAT is `tat`.
+    /// Whole units available for a key whose bucket is full again in
+    /// `until_full` nanoseconds (see [`until_full`](Self::until_full)).
     #[inline]
-    pub(crate) fn remaining(&self, tat: u64, now: u64) -> u64 {
-        let used = tat.saturating_sub(now);
-        self.capacity.saturating_sub(used) / self.interval
+    pub(crate) fn remaining(&self, until_full: u64) -> u64 {
+        self.capacity.saturating_sub(until_full) / self.interval
     }
 
     /// Nanoseconds from `now` until the bucket is full again.
@@ -124,9 +124,9 @@ mod tests {
         let Check::Allow { tat, .. } = limit.check(0, SEC, 3) else {
             panic!()
         };
-        assert_eq!(limit.remaining(tat, SEC), 7);
+        assert_eq!(limit.remaining(limit.until_full(tat, SEC)), 7);
         assert_eq!(limit.until_full(tat, SEC), 300_000_000);
-        assert_eq!(limit.remaining(tat, SEC + 100_000_000), 8);
+        assert_eq!(limit.remaining(limit.until_full(tat, SEC + 100_000_000)), 8);
     }
 
     fn nginx(burst: u64, delay: Option<u64>) -> Limit {

@@ -105,7 +105,8 @@ impl Stamp {
         let mut stamp = Stamp::default();
         if headers.ietf {
             let mut out = String::with_capacity(24 * policies.len());
-            for (i, (policy, state)) in policies.iter().zip(&verdict.quotas).enumerate() {
+            for (i, policy) in policies.iter().enumerate() {
+                let state = verdict.quota(i, &policy.limit);
                 if i > 0 {
                     out.push_str(", ");
                 }
@@ -119,7 +120,8 @@ impl Stamp {
             // The quota that will refuse first speaks for all.
             let (policy, state) = policies
                 .iter()
-                .zip(&verdict.quotas)
+                .enumerate()
+                .map(|(i, policy)| (policy, verdict.quota(i, &policy.limit)))
                 .min_by_key(|(_, state)| state.remaining)
                 .expect("a plan has at least one quota");
             stamp.legacy = Some([

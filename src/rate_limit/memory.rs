@@ -20,7 +20,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
 
-use super::gcra::Check;
+use super::gcra::{Check, Limit};
 use super::quota::{MAX_QUOTAS, Plan};
 
 const SHARDS: usize = 64;
@@ -39,8 +39,21 @@ pub(crate) struct Verdict {
     pub(crate) retry_after: u64,
     /// Bit `i` set: quota `i` refused the request.
     pub(crate) denied: u8,
-    /// Per quota, after the decision.
-    pub(crate) quotas: [QuotaState; MAX_QUOTAS],
+    /// Per quota, after the decision: nanoseconds until its bucket is full again.
+    /// The requests left follow from it, computed only when headers ask
+    /// ([`quota`](Self::quota)): a division the hot path does not need.
+    pub(crate) reset: [u64; MAX_QUOTAS],
+}
+
+impl Verdict {
+    /// What the headers say about quota `i`, whose limit is `limit`.
+    pub(crate) fn quota(&self, i: usize, limit: &Limit) -> QuotaState {
+        let reset = self.reset[i];
+        QuotaState {
+            remaining: limit.remaining(reset),
+            reset,
+        }
+    }
 }
 
 /// What the headers say about one quota.
@@ -88,49 +101,73 @@ impl CompiledPlan {
         };
         let mut tats = [0; MAX_QUOTAS];
         for (i, policy) in self.plan.policies.iter().enumerate() {
-            let old = tat(i);
-            tats[i] = old;
-            let limit = &policy.limit;
-            match limit.check(old, now, cost) {
-                Check::Allow { tat: new, wait } if may_wait || wait == 0 => {
-                    tats[i] = new;
-                    verdict.wait = verdict.wait.max(wait);
-                }
-                Check::Allow { wait, .. } => {
-                    // A leaky bucket would delay it, but no waiting place is free.
-                    verdict.allowed = false;
-                    verdict.denied |= 1 << i;
-                    verdict.retry_after = verdict.retry_after.max(wait);
-                }
-                Check::Deny { retry_after } => {
-                    let never = u64::from(cost).saturating_mul(limit.interval) > limit.capacity;
-                    verdict.allowed = false;
-                    verdict.denied |= 1 << i;
-                    let after = if never { u64::MAX } else { retry_after };
-                    verdict.retry_after = verdict.retry_after.max(after);
-                }
-            }
+            tats[i] = verdict.judge(i, &policy.limit, tat(i), now, cost, may_wait);
         }
         if !verdict.allowed {
             // All or nothing: a refused request consumes none of the quotas.
             verdict.wait = 0;
             for (i, policy) in self.plan.policies.iter().enumerate() {
                 tats[i] = tat(i);
-                verdict.quotas[i] = state(&policy.limit, tats[i], now);
+                verdict.reset[i] = policy.limit.until_full(tats[i], now);
             }
         } else {
             for (i, policy) in self.plan.policies.iter().enumerate() {
-                verdict.quotas[i] = state(&policy.limit, tats[i], now);
+                verdict.reset[i] = policy.limit.until_full(tats[i], now);
             }
         }
         (verdict, tats)
     }
+
+    /// [`decide`](Self::decide) for a plan of one quota whose TAT is `old`: the
+    /// same verdict, without the loops.
+    #[inline]
+    fn decide_one(&self, now: u64, cost: u32, may_wait: bool, old: u64) -> (Verdict, u64) {
+        let limit = &self.plan.policies[0].limit;
+        let mut verdict = Verdict {
+            allowed: true,
+            ..Verdict::default()
+        };
+        // A refused request leaves the TAT at `old`: nothing to undo.
+        let tat = verdict.judge(0, limit, old, now, cost, may_wait);
+        verdict.reset[0] = limit.until_full(tat, now);
+        (verdict, tat)
+    }
 }
 
-fn state(limit: &super::gcra::Limit, tat: u64, now: u64) -> QuotaState {
-    QuotaState {
-        remaining: limit.remaining(tat, now),
-        reset: limit.until_full(tat, now),
+impl Verdict {
+    /// Adds quota `i`'s check of a request of `cost` to the verdict, and returns
+    /// the quota's TAT after it: the new one if it admits, `old` if it refuses.
+    #[inline]
+    fn judge(
+        &mut self,
+        i: usize,
+        limit: &Limit,
+        old: u64,
+        now: u64,
+        cost: u32,
+        may_wait: bool,
+    ) -> u64 {
+        match limit.check(old, now, cost) {
+            Check::Allow { tat, wait } if may_wait || wait == 0 => {
+                self.wait = self.wait.max(wait);
+                tat
+            }
+            Check::Allow { wait, .. } => {
+                // A leaky bucket would delay it, but no waiting place is free.
+                self.allowed = false;
+                self.denied |= 1 << i;
+                self.retry_after = self.retry_after.max(wait);
+                old
+            }
+            Check::Deny { retry_after } => {
+                let never = u64::from(cost).saturating_mul(limit.interval) > limit.capacity;
+                self.allowed = false;
+                self.denied |= 1 << i;
+                let after = if never { u64::MAX } else { retry_after };
+                self.retry_after = self.retry_after.max(after);
+                old
+            }
+        }
     }
 }
 
@@ -229,8 +266,8 @@ impl MemoryState {
                 match read.get(&key) {
                     Some(tat) => return compare_and_swap(tat, plan, cost, now, may_wait),
                     None => {
-                        let (verdict, tats) = plan.decide(now, cost, may_wait, |_| 0);
-                        if !verdict.allowed || tats[0] <= now {
+                        let (verdict, tat) = plan.decide_one(now, cost, may_wait, 0);
+                        if !verdict.allowed || tat <= now {
                             // Nothing to store: refused, or the bucket stays full.
                             return verdict;
                         }
@@ -242,9 +279,9 @@ impl MemoryState {
                 // Another request stored the key in between.
                 return compare_and_swap(tat, plan, cost, now, may_wait);
             }
-            let (verdict, tats) = plan.decide(now, cost, may_wait, |_| 0);
-            if verdict.allowed && tats[0] > now {
-                self.insert(&mut write, key, tats[0], now, 1);
+            let (verdict, tat) = plan.decide_one(now, cost, may_wait, 0);
+            if verdict.allowed && tat > now {
+                self.insert(&mut write, key, tat, now, 1);
             }
             return verdict;
         }
@@ -339,11 +376,11 @@ fn compare_and_swap(
 ) -> Verdict {
     let mut old = tat.load(Ordering::Acquire);
     loop {
-        let (verdict, tats) = plan.decide(now, cost, may_wait, |_| old);
-        if !verdict.allowed || tats[0] == old {
+        let (verdict, new) = plan.decide_one(now, cost, may_wait, old);
+        if !verdict.allowed || new == old {
             return verdict;
         }
-        match tat.compare_exchange_weak(old, tats[0], Ordering::AcqRel, Ordering::Acquire) {
+        match tat.compare_exchange_weak(old, new, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => return verdict,
             Err(current) => old = current,
         }
@@ -389,7 +426,7 @@ mod tests {
         assert!(!refused.allowed);
         assert_eq!(refused.denied, 0b10);
         // "fast" still has the 7 it had: the refusal took nothing from it.
-        assert_eq!(refused.quotas[0].remaining, 7);
+        assert_eq!(refused.quota(0, &plan.plan.policies[0].limit).remaining, 7);
         assert_eq!(refused.retry_after, 20 * SEC);
     }
 
@@ -476,6 +513,9 @@ mod tests {
         // The busy key still owes what it took, so it was never evicted.
         let now = 100 * SEC + 2 * SEC * 10_000;
         let probe = state.check(busy, &plan, 0, now, false);
-        assert_eq!(probe.quotas[0].remaining, 20_000);
+        assert_eq!(
+            probe.quota(0, &plan.plan.policies[0].limit).remaining,
+            20_000
+        );
     }
 }

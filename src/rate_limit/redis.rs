@@ -17,7 +17,7 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use redis::Script;
 
 use super::future::{Decision, Next, WaitSlot};
-use super::memory::{CompiledPlan, QuotaState, Verdict};
+use super::memory::{CompiledPlan, Verdict};
 use super::service::{Backend, Shared};
 use crate::clock::{Clock, Timestamp};
 use crate::reject::Rejection;
@@ -219,15 +219,10 @@ impl RedisLimiter {
             wait: us(reply[1]),
             retry_after: if reply[2] < 0 { u64::MAX } else { us(reply[2]) },
             denied: u8::try_from(reply[3]).ok()?,
-            quotas: Default::default(),
+            reset: Default::default(),
         };
-        for (i, policy) in plan.plan.policies.iter().enumerate() {
-            let ahead = us(reply[4 + i]);
-            let limit = &policy.limit;
-            verdict.quotas[i] = QuotaState {
-                remaining: limit.capacity.saturating_sub(ahead) / limit.interval,
-                reset: ahead,
-            };
+        for (reset, ahead) in verdict.reset.iter_mut().zip(&reply[4..]) {
+            *reset = us(*ahead);
         }
         Some(verdict)
     }
@@ -249,11 +244,9 @@ impl RedisLimiter {
         }
         let mut verdict = *verdict;
         verdict.retry_after -= elapsed;
-        for (state, policy) in verdict.quotas.iter_mut().zip(&plan.plan.policies) {
+        for reset in verdict.reset.iter_mut().take(plan.plan.policies.len()) {
             // The buckets kept refilling since: same arithmetic as the script's.
-            state.reset = state.reset.saturating_sub(elapsed);
-            state.remaining =
-                policy.limit.capacity.saturating_sub(state.reset) / policy.limit.interval;
+            *reset = reset.saturating_sub(elapsed);
         }
         Some(verdict)
     }

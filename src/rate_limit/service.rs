@@ -107,19 +107,40 @@ impl<K, C: Clock, P> Shared<K, C, P> {
     }
 
     /// The headers for `verdict`, when the layer adds any.
+    #[inline]
     fn stamp(&self, plan: usize, verdict: &Verdict) -> Option<Box<Stamp>> {
-        self.headers.any().then(|| {
-            let compiled = &self.plans[plan];
-            Box::new(Stamp::new(
-                self.headers,
-                compiled,
-                &self.policy_values[plan],
-                verdict,
-            ))
-        })
+        if self.headers.any() {
+            Some(self.new_stamp(plan, verdict))
+        } else {
+            None
+        }
+    }
+
+    /// Builds the headers out of line: a layer without headers never runs it.
+    #[inline(never)]
+    fn new_stamp(&self, plan: usize, verdict: &Verdict) -> Box<Stamp> {
+        let compiled = &self.plans[plan];
+        Box::new(Stamp::new(
+            self.headers,
+            compiled,
+            &self.policy_values[plan],
+            verdict,
+        ))
+    }
+
+    /// The plan a class names, or the first when there is no such plan.
+    #[inline]
+    fn plan_index(&self, plan: usize) -> usize {
+        if plan < self.plans.len() {
+            plan
+        } else {
+            tracing::debug!(plan, "rate limit: no such plan; using the first");
+            0
+        }
     }
 
     /// Takes a waiting place when the plan may delay requests.
+    #[inline]
     fn wait_slot(&self, plan: &CompiledPlan) -> Option<WaitSlot> {
         if plan.leaky && !self.dry_run {
             WaitSlot::try_take(&self.waiting, self.max_waiting)
@@ -167,6 +188,8 @@ where
     }
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        // Only the admitted request that passes at once stays in this function;
+        // everything else is out of line, so the common case stays small.
         let shared = &*self.shared;
         let class = shared.classify.classify(&request);
         if class.exempt {
@@ -174,67 +197,95 @@ where
         }
 
         let Some(key) = shared.key.extract(&request) else {
-            return match shared.missing {
-                MissingKey::Allow => ResponseFuture::calling(self.inner.call(request), None),
-                MissingKey::Reject => {
-                    let rejection = shared.key.missing();
-                    tracing::debug!(%rejection, "rate limit: request has no key");
-                    let head = RequestHead::of(&request);
-                    ResponseFuture::rejected(shared.responder.respond(&rejection, &head))
-                }
-            };
+            return self.without_key(request);
         };
-
-        let plan = if class.plan < shared.plans.len() {
-            class.plan
-        } else {
-            tracing::debug!(
-                plan = class.plan,
-                "rate limit: no such plan; using the first"
-            );
-            0
-        };
+        let plan = shared.plan_index(class.plan);
         let compiled = &shared.plans[plan];
         let slot = shared.wait_slot(compiled);
 
-        match &shared.backend {
-            Backend::Memory(state) => {
-                let hash = shared.hasher.hash_one(&key);
-                let now = shared.clock.now();
-                // A dry run counts a request that would wait as nginx would (it
-                // takes its place in the bucket), but lets it through at once.
-                let may_wait = slot.is_some() || shared.dry_run;
-                let verdict = state.check(hash, compiled, class.cost, now.as_nanos(), may_wait);
-
-                // The common case first, without building a `Next`: admitted, no wait.
-                if verdict.allowed && verdict.wait == 0 {
-                    let stamp = shared.stamp(plan, &verdict);
-                    return ResponseFuture::calling(self.inner.call(request), stamp);
-                }
-                match shared.settle(plan, &verdict, now, slot) {
-                    Next::Pass { stamp, sleep: None } => {
-                        ResponseFuture::calling(self.inner.call(request), stamp)
-                    }
-                    Next::Pass {
-                        stamp,
-                        sleep: Some((sleep, slot)),
-                    } => {
-                        let clone = self.inner.clone();
-                        let service = std::mem::replace(&mut self.inner, clone);
-                        ResponseFuture::waiting(sleep, slot, service, request, stamp)
-                    }
-                    Next::Reject(rejection) => {
-                        let head = RequestHead::of(&request);
-                        ResponseFuture::rejected(shared.responder.respond(&rejection, &head))
-                    }
-                }
-            }
+        let state = match &shared.backend {
+            Backend::Memory(state) => state,
             #[cfg(feature = "redis")]
             Backend::Redis(redis) => {
                 let decision = redis.decide(Arc::clone(&self.shared), &key, plan, class.cost, slot);
                 let clone = self.inner.clone();
                 let service = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::deciding(decision, service, request, shared.responder.clone())
+                return ResponseFuture::deciding(
+                    decision,
+                    service,
+                    request,
+                    shared.responder.clone(),
+                );
+            }
+        };
+        let hash = shared.hasher.hash_one(&key);
+        let now = shared.clock.now();
+        // A dry run counts a request that would wait as nginx would (it takes
+        // its place in the bucket), but lets it through at once.
+        let may_wait = slot.is_some() || shared.dry_run;
+        let verdict = state.check(hash, compiled, class.cost, now.as_nanos(), may_wait);
+
+        if verdict.allowed && verdict.wait == 0 {
+            let stamp = shared.stamp(plan, &verdict);
+            return ResponseFuture::calling(self.inner.call(request), stamp);
+        }
+        self.settled(request, plan, &verdict, now, slot)
+    }
+}
+
+impl<S, K, C: Clock, P> RateLimit<S, K, C, P> {
+    /// The future of a request whose key could not be derived.
+    #[cold]
+    #[inline(never)]
+    fn without_key<ReqB>(
+        &mut self,
+        request: Request<ReqB>,
+    ) -> ResponseFuture<S, ReqB, S::Future, C::Sleep>
+    where
+        S: Service<Request<ReqB>>,
+        K: KeyExtractor<ReqB>,
+    {
+        let shared = &*self.shared;
+        match shared.missing {
+            MissingKey::Allow => ResponseFuture::calling(self.inner.call(request), None),
+            MissingKey::Reject => {
+                let rejection = shared.key.missing();
+                tracing::debug!(%rejection, "rate limit: request has no key");
+                let head = RequestHead::of(&request);
+                ResponseFuture::rejected(shared.responder.respond(&rejection, &head))
+            }
+        }
+    }
+
+    /// The future of a request that waits or is refused (or would be, in a dry run).
+    #[inline(never)]
+    fn settled<ReqB>(
+        &mut self,
+        request: Request<ReqB>,
+        plan: usize,
+        verdict: &Verdict,
+        now: Timestamp,
+        slot: Option<WaitSlot>,
+    ) -> ResponseFuture<S, ReqB, S::Future, C::Sleep>
+    where
+        S: Service<Request<ReqB>> + Clone,
+    {
+        let shared = &*self.shared;
+        match shared.settle(plan, verdict, now, slot) {
+            Next::Pass { stamp, sleep: None } => {
+                ResponseFuture::calling(self.inner.call(request), stamp)
+            }
+            Next::Pass {
+                stamp,
+                sleep: Some((sleep, slot)),
+            } => {
+                let clone = self.inner.clone();
+                let service = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::waiting(sleep, slot, service, request, stamp)
+            }
+            Next::Reject(rejection) => {
+                let head = RequestHead::of(&request);
+                ResponseFuture::rejected(shared.responder.respond(&rejection, &head))
             }
         }
     }
