@@ -117,7 +117,9 @@ pub trait Clock: Clone + Send + Sync + 'static {
 #[derive(Clone, Debug)]
 pub struct MonotonicClock {
     clock: quanta::Clock,
-    origin: quanta::Instant,
+    /// The raw counter at the origin: reads subtract it and scale the difference
+    /// to nanoseconds in one step, with no `Duration` in between.
+    origin: u64,
     tokio_origin: tokio::time::Instant,
 }
 
@@ -125,7 +127,7 @@ impl MonotonicClock {
     /// A clock whose origin is now.
     pub fn new() -> Self {
         let clock = quanta::Clock::new();
-        let origin = clock.now();
+        let origin = clock.raw();
         MonotonicClock {
             clock,
             origin,
@@ -145,9 +147,7 @@ impl Clock for MonotonicClock {
 
     #[inline]
     fn now(&self) -> Timestamp {
-        Timestamp(duration_nanos(
-            self.clock.now().saturating_duration_since(self.origin),
-        ))
+        Timestamp(self.clock.delta_as_nanos(self.origin, self.clock.raw()))
     }
 
     fn sleep_until(&self, deadline: Timestamp) -> Self::Sleep {
