@@ -2,34 +2,51 @@
 //! many wait in line.
 //!
 //! The common case, room under the limit and nobody waiting, costs one
-//! compare-and-swap to admit and one subtraction to release, with no lock. The
-//! line itself sits behind the gate's mutex; the handshake between the two is
-//! the classic one: a request about to wait in an empty line publishes the
-//! line's new length *before* it checks for room one last time, and a releaser
-//! frees its slot *before* it reads the line's length. A sequentially consistent
-//! fence between the write and the read on each side makes one of the two see
-//! the other, so a freed slot is never missed by a waiter. A request that finds
+//! compare-and-swap to admit and one subtraction to release, with no lock and
+//! no fence. The line itself sits behind the gate's mutex. Whether anyone waits
+//! is a flag in the same word as the in-flight count, so the handshake between
+//! the two is a matter of one atomic location: a request about to wait in an
+//! empty line sets the flag *before* it checks for room one last time, and a
+//! releaser's subtraction returns the flag together with the count it freed.
+//! Read-modify-writes of one location are totally ordered, so either the
+//! releaser sees the flag and hands its slot on, or the last check sees the
+//! freed slot: a freed slot is never missed by a waiter. A request that finds
 //! others already waiting joins them without taking a slot: every release since
-//! the line was published hands its slot to the line. The `loom` models at the
-//! end check both on every interleaving
+//! the flag was set hands its slot to the line. The `loom` models at the end
+//! check both on every interleaving
 //! (`RUSTFLAGS="--cfg tower_toolbox_loom" cargo test --release --lib admission`).
 
 #[cfg(tower_toolbox_loom)]
-use loom::sync::atomic::{AtomicUsize, Ordering::SeqCst, fence};
+use loom::sync::atomic::{
+    AtomicUsize,
+    Ordering::{AcqRel, Acquire, Relaxed, Release},
+};
 #[cfg(not(tower_toolbox_loom))]
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst, fence};
+use std::sync::atomic::{
+    AtomicUsize,
+    Ordering::{AcqRel, Acquire, Relaxed, Release},
+};
+
+/// The bit of [`Admission::state`] set while the line is not empty.
+const WAITING: usize = 1 << (usize::BITS - 1);
+
+/// The bits of [`Admission::state`] that count requests in flight.
+const IN_FLIGHT: usize = !WAITING;
 
 #[derive(Debug)]
 pub(crate) struct Admission {
-    in_flight: AtomicUsize,
+    /// Requests in flight (the low bits) and [`WAITING`] while anyone waits.
+    state: AtomicUsize,
     limit: AtomicUsize,
+    /// The line's length, for reading only: the flag in `state` is what the
+    /// handshake relies on.
     waiting: AtomicUsize,
 }
 
 impl Admission {
     pub(crate) fn new(limit: usize) -> Self {
         Admission {
-            in_flight: AtomicUsize::new(0),
+            state: AtomicUsize::new(0),
             limit: AtomicUsize::new(limit),
             waiting: AtomicUsize::new(0),
         }
@@ -39,24 +56,16 @@ impl Admission {
     /// in flight, this request included.
     #[inline]
     pub(crate) fn try_take_first(&self) -> Option<usize> {
-        if self.waiting.load(SeqCst) != 0 {
-            return None;
-        }
-        self.try_take()
-    }
-
-    /// Takes a slot if the limit has room.
-    #[inline]
-    pub(crate) fn try_take(&self) -> Option<usize> {
-        let limit = self.limit.load(SeqCst);
-        let mut current = self.in_flight.load(SeqCst);
+        let limit = self.limit.load(Acquire);
+        let mut current = self.state.load(Acquire);
         loop {
-            if current >= limit {
+            // A set flag fails the check whatever the limit.
+            if (current & WAITING) != 0 || current >= limit {
                 return None;
             }
             match self
-                .in_flight
-                .compare_exchange_weak(current, current + 1, SeqCst, SeqCst)
+                .state
+                .compare_exchange_weak(current, current + 1, AcqRel, Acquire)
             {
                 Ok(_) => return Some(current + 1),
                 Err(actual) => current = actual,
@@ -64,43 +73,72 @@ impl Admission {
         }
     }
 
+    /// Takes a slot if the limit has room, whether or not anyone waits.
+    #[inline]
+    pub(crate) fn try_take(&self) -> Option<usize> {
+        let limit = self.limit.load(Acquire);
+        let mut current = self.state.load(Acquire);
+        loop {
+            let in_flight = current & IN_FLIGHT;
+            if in_flight >= limit {
+                return None;
+            }
+            match self
+                .state
+                .compare_exchange_weak(current, current + 1, AcqRel, Acquire)
+            {
+                Ok(_) => return Some(in_flight + 1),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
     /// Takes a slot whatever the limit (a partition claiming its share). Only
     /// under the gate's lock.
+    #[inline]
     pub(crate) fn force_take(&self) -> usize {
-        self.in_flight.fetch_add(1, SeqCst) + 1
+        (self.state.fetch_add(1, AcqRel) & IN_FLIGHT) + 1
     }
 
     /// Gives a slot back. Returns whether requests wait, in which case the
     /// caller must take the lock and hand the slot on.
     #[inline]
     pub(crate) fn give_back(&self) -> bool {
-        self.in_flight.fetch_sub(1, SeqCst);
-        fence(SeqCst);
-        self.waiting.load(SeqCst) != 0
+        (self.state.fetch_sub(1, AcqRel) & WAITING) != 0
     }
 
     /// Publishes the line's length. Only under the gate's lock, and before the
     /// last check for room when a request is about to wait.
     pub(crate) fn set_waiting(&self, waiting: usize) {
-        self.waiting.store(waiting, SeqCst);
-        fence(SeqCst);
+        self.waiting.store(waiting, Release);
+
+        // Only lock holders change the flag, so this read of it is current.
+        let flagged = (self.state.load(Relaxed) & WAITING) != 0;
+        if waiting > 0 && !flagged {
+            self.state.fetch_or(WAITING, AcqRel);
+        } else if waiting == 0 && flagged {
+            self.state.fetch_and(IN_FLIGHT, AcqRel);
+        }
     }
 
     /// Sets the limit. Only under the gate's lock.
     pub(crate) fn set_limit(&self, limit: usize) {
-        self.limit.store(limit, SeqCst);
+        self.limit.store(limit, Release);
     }
 
+    #[inline]
     pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.load(SeqCst)
+        self.state.load(Acquire) & IN_FLIGHT
     }
 
+    #[inline]
     pub(crate) fn limit(&self) -> usize {
-        self.limit.load(SeqCst)
+        self.limit.load(Acquire)
     }
 
+    #[inline]
     pub(crate) fn waiting(&self) -> usize {
-        self.waiting.load(SeqCst)
+        self.waiting.load(Acquire)
     }
 }
 

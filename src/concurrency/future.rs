@@ -1,13 +1,14 @@
 //! The response future and body of the concurrency and load-shedding layers.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower_service::Service;
@@ -22,8 +23,11 @@ use crate::reject::{Rejection, RequestHead, Responder};
 ///
 /// With the standard responder, the answers to plain HTTP requests and to gRPC
 /// requests sent as `application/grpc` (what tonic sends) depend on the refusal
-/// alone, so they are built once here and cloned per refusal (two small
-/// allocations for the header map, instead of building the JSON each time).
+/// alone, so they are built once here and cloned per refusal: two small
+/// allocations for the header map (which any map holding a header needs),
+/// instead of building the JSON each time. Their body and header values are
+/// static bytes, so a clone and its drop touch no reference count that every
+/// core refusing at once would contend on.
 #[derive(Clone, Debug)]
 pub(crate) struct Refuse {
     responder: Responder,
@@ -73,8 +77,8 @@ impl Refuse {
                 http::HeaderValue::from_static(GRPC),
             );
             Arc::new(Prebuilt {
-                http: build(Request::new(())),
-                grpc: build(grpc),
+                http: build(Request::new(())).map(into_static),
+                grpc: build(grpc).map(into_static),
             })
         });
         Refuse {
@@ -115,6 +119,41 @@ impl Refuse {
         self.responder
             .respond(&rejection(refusal, self.retry_after), head)
     }
+}
+
+/// `response` with its body and headers moved to static bytes, whose clones
+/// share no reference count.
+fn into_static(response: Response<Bytes>) -> Response<Bytes> {
+    let (mut parts, body) = response.into_parts();
+    let mut headers = HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        // A map's names are valid lower-case ASCII and its values valid values,
+        // so the conversions cannot fail; should one, the original is kept.
+        let name = std::str::from_utf8(intern(name.as_str().as_bytes()))
+            .map_or_else(|_| name.clone(), HeaderName::from_static);
+        let bytes = Bytes::from_static(intern(value.as_bytes()));
+        let mut fixed = HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| value.clone());
+        fixed.set_sensitive(value.is_sensitive());
+        headers.append(name, fixed);
+    }
+    parts.headers = headers;
+    Response::from_parts(parts, Bytes::from_static(intern(&body)))
+}
+
+/// `bytes`, kept for the rest of the process, once per distinct content.
+///
+/// Limitation: the prebuilt refusals stay in memory until the process exits,
+/// about two kilobytes per combination of responder type base and `Retry-After`
+/// that a program configures, however many layers it builds with them.
+fn intern(bytes: &[u8]) -> &'static [u8] {
+    static INTERNED: Mutex<BTreeSet<&'static [u8]>> = Mutex::new(BTreeSet::new());
+    let mut interned = INTERNED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(kept) = interned.get(bytes) {
+        return kept;
+    }
+    let kept: &'static [u8] = Box::leak(Box::from(bytes));
+    interned.insert(kept);
+    kept
 }
 
 pin_project! {
@@ -326,5 +365,43 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prebuilt_refusals_equal_the_responses_built_per_request() {
+        let retry_after = Some(Duration::from_millis(1500));
+        let responder = Responder::default();
+        let refuse = Refuse::new(responder.clone(), retry_after);
+        let mut grpc = Request::new(());
+        grpc.headers_mut()
+            .insert(http::header::CONTENT_TYPE, HeaderValue::from_static(GRPC));
+
+        for request in [Request::new(()), grpc] {
+            let head = RequestHead::of(&request);
+            for refusal in REFUSALS {
+                let prebuilt = refuse.respond(refusal, &head);
+                let built = responder.respond(&rejection(refusal, retry_after), &head);
+                assert_eq!(prebuilt.status(), built.status());
+                assert_eq!(prebuilt.headers(), built.headers());
+                assert_eq!(prebuilt.body(), built.body());
+            }
+        }
+    }
+
+    #[test]
+    fn interning_keeps_one_copy_per_content() {
+        let first = intern(b"application/problem+json; interning test");
+        let second = intern(
+            b"application/problem+json; interning test"
+                .to_vec()
+                .as_slice(),
+        );
+        assert_eq!(first, b"application/problem+json; interning test");
+        assert!(std::ptr::eq(first, second));
     }
 }

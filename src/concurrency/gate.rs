@@ -62,6 +62,8 @@ pub(crate) struct GateConfig {
 pub(crate) struct Gate<A, C> {
     admission: Admission,
     partitioned: bool,
+    /// Whether the gate has a waiting line at all (a capacity above zero).
+    queues: bool,
     state: Mutex<State<A>>,
     clock: C,
     adaptive: bool,
@@ -146,6 +148,7 @@ where
         Gate {
             admission: Admission::new(limit),
             partitioned: !config.shares.is_empty(),
+            queues: config.capacity > 0,
             state: Mutex::new(state),
             clock,
             adaptive,
@@ -161,14 +164,29 @@ where
 
     /// Admits a request of `partition` and priority `class` now, queues it, or
     /// refuses it.
+    #[inline]
     pub(crate) fn acquire(self: &Arc<Self>, partition: usize, class: usize) -> Acquire<C> {
+        // The common case, room and nobody waiting, is inlined into the caller so
+        // that it neither calls the slow path nor builds the large `Acquire`.
         if !self.partitioned {
             if let Some(in_flight) = self.admission.try_take_first() {
                 self.metrics.in_flight.set(in_flight as f64);
                 return Acquire::Admitted(self.permit(partition, in_flight));
             }
+            // Without a line nobody ever waits, and under the lock the check for
+            // room would only be repeated: refuse without taking it.
+            if !self.queues {
+                self.metrics.rejected.increment(1);
+                return Acquire::Refused(Refusal::Full);
+            }
         }
+        self.acquire_locked(partition, class)
+    }
 
+    /// [`acquire`](Self::acquire) under the lock: the gate is partitioned, full,
+    /// or has a waiting line.
+    #[inline(never)]
+    fn acquire_locked(self: &Arc<Self>, partition: usize, class: usize) -> Acquire<C> {
         let mut state = self.lock();
         let admission = &self.admission;
         // Waiters go first: a request that finds others in line joins them, even
@@ -262,7 +280,8 @@ where
             partition,
             started: self.stamp(),
             in_flight,
-            recorded: false,
+            // A fixed limit learns nothing: no sample to record.
+            recorded: !self.adaptive,
         }
     }
 

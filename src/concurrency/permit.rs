@@ -24,12 +24,14 @@ pub(crate) struct Permit {
     pub(super) partition: usize,
     pub(super) started: Timestamp,
     pub(super) in_flight: usize,
+    /// Whether the outcome was recorded, or needs no recording (a fixed limit).
     pub(super) recorded: bool,
 }
 
 impl Permit {
     /// Feeds the request's outcome to the limit algorithm (once; later calls do
     /// nothing).
+    #[inline]
     pub(crate) fn record(&mut self, outcome: Outcome) {
         if !self.recorded {
             self.recorded = true;
