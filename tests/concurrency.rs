@@ -500,7 +500,7 @@ async fn a_request_without_a_key_passes_unchecked_when_allowed() {
     held.release.add_permits(1);
     let service = ConcurrencyLimitLayer::new(nz(1))
         .per_key(HeaderKey::new(HeaderName::from_static("x-tenant")))
-        .missing_key(MissingKey::Allow)
+        .on_missing_key(MissingKey::Allow)
         .layer(held.service());
     let response = service.oneshot(get("/")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);

@@ -192,7 +192,7 @@ impl<A, K, C> ConcurrencyLimitLayer<A, K, C> {
 
     /// What to do with a request whose key cannot be extracted (default
     /// [`MissingKey::Reject`], with the extractor's rejection).
-    pub fn missing_key(mut self, missing: MissingKey) -> Self {
+    pub fn on_missing_key(mut self, missing: MissingKey) -> Self {
         self.missing = missing;
         self
     }
