@@ -25,10 +25,11 @@ pub(crate) enum Outcome {
     Released,
 }
 
-/// The keys with a request in flight.
+/// The keys with a request in flight, each with the channel its waiters park
+/// on, made when the first waiter comes (most flights have none).
 #[derive(Debug, Default)]
 pub(crate) struct Inflight {
-    keys: Mutex<HashMap<Arc<str>, watch::Sender<Outcome>>>,
+    keys: Mutex<HashMap<Arc<str>, Option<watch::Sender<Outcome>>>>,
 }
 
 /// What a miss does.
@@ -43,11 +44,11 @@ impl Inflight {
     /// Joins the request for `key`, leading it when none is in flight.
     pub(crate) fn join(self: &Arc<Self>, key: &Arc<str>) -> Role {
         let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(sender) = keys.get(key) {
+        if let Some(sender) = keys.get_mut(key) {
+            let sender = sender.get_or_insert_with(|| watch::channel(Outcome::Pending).0);
             return Role::Waiter(sender.subscribe());
         }
-        let (sender, _) = watch::channel(Outcome::Pending);
-        keys.insert(key.clone(), sender);
+        keys.insert(key.clone(), None);
         Role::Leader(Leader {
             inflight: self.clone(),
             key: key.clone(),
@@ -69,6 +70,7 @@ impl Inflight {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
+            .flatten()
             .map(watch::Sender::receiver_count)
             .sum()
     }
@@ -98,7 +100,8 @@ impl Leader {
             .keys
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.key);
+            .remove(&self.key)
+            .flatten();
         if let Some(sender) = sender {
             sender.send_replace(outcome);
         }

@@ -25,6 +25,10 @@ use http::header::{AGE, CACHE_CONTROL, DATE, EXPIRES, LAST_MODIFIED, PRAGMA};
 /// The largest `delta-seconds` value: larger ones read as this (RFC 9111 1.2.2).
 pub(crate) const DELTA_SECONDS_MAX: u64 = 1 << 31;
 
+/// The length of the longest directive the cache acts on,
+/// `stale-while-revalidate`.
+const LONGEST_DIRECTIVE: usize = "stale-while-revalidate".len();
+
 /// A directive's argument as read: absent, a valid number of seconds, or present
 /// but invalid.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -89,27 +93,31 @@ impl CacheControl {
     }
 
     fn parse_line(&mut self, text: &str) {
-        let mut rest = text;
+        // Every delimiter is ASCII, so the positions found in the bytes are
+        // character boundaries of `text`.
+        let bytes = text.as_bytes();
+        let mut at = 0;
         loop {
-            rest = rest.trim_start_matches([' ', '\t', ',']);
-            if rest.is_empty() {
+            at = skip(bytes, at, |b| matches!(b, b' ' | b'\t' | b','));
+            if at == bytes.len() {
                 return;
             }
-            let name_end = rest.find(['=', ',', ' ', '\t']).unwrap_or(rest.len());
-            let name = &rest[..name_end];
+            let name_start = at;
+            at = skip(bytes, at, |b| !matches!(b, b'=' | b',' | b' ' | b'\t'));
+            let name = &text[name_start..at];
             if name.is_empty() || !name.bytes().all(is_tchar) {
                 self.malformed = true;
                 return;
             }
-            rest = rest[name_end..].trim_start_matches([' ', '\t']);
+            at = skip(bytes, at, is_ows);
             let mut argument: Option<&str> = None;
             let mut quoted = String::new();
-            if let Some(after) = rest.strip_prefix('=') {
-                let after = after.trim_start_matches([' ', '\t']);
-                if let Some(body) = after.strip_prefix('"') {
-                    match read_quoted(body, &mut quoted) {
+            if bytes.get(at) == Some(&b'=') {
+                at = skip(bytes, at + 1, is_ows);
+                if bytes.get(at) == Some(&b'"') {
+                    match read_quoted(&text[at + 1..], &mut quoted) {
                         Some(len) => {
-                            rest = &body[len..];
+                            at += 1 + len;
                             argument = Some(quoted.as_str());
                         }
                         None => {
@@ -118,20 +126,20 @@ impl CacheControl {
                         }
                     }
                 } else {
-                    let end = after.find([',', ' ', '\t']).unwrap_or(after.len());
-                    let token = &after[..end];
+                    let token_start = at;
+                    at = skip(bytes, at, |b| !matches!(b, b',' | b' ' | b'\t'));
+                    let token = &text[token_start..at];
                     if token.is_empty() || !token.bytes().all(is_tchar) {
                         self.malformed = true;
                         return;
                     }
                     argument = Some(token);
-                    rest = &after[end..];
                 }
             }
 
             // Anything but a separator after a member is garbage.
-            rest = rest.trim_start_matches([' ', '\t']);
-            if !rest.is_empty() && !rest.starts_with(',') {
+            at = skip(bytes, at, is_ows);
+            if bytes.get(at).is_some_and(|&b| b != b',') {
                 self.malformed = true;
                 return;
             }
@@ -149,21 +157,29 @@ impl CacheControl {
                 };
             }
         };
-        match name.to_ascii_lowercase().as_str() {
-            "no-store" => flag(&mut self.no_store),
-            "no-cache" => flag(&mut self.no_cache),
-            "private" => flag(&mut self.private),
-            "public" => flag(&mut self.public),
-            "must-revalidate" => flag(&mut self.must_revalidate),
-            "proxy-revalidate" => flag(&mut self.proxy_revalidate),
-            "must-understand" => flag(&mut self.must_understand),
-            "only-if-cached" => flag(&mut self.only_if_cached),
-            "max-age" => delta(&mut self.max_age),
-            "s-maxage" => delta(&mut self.s_maxage),
-            "max-stale" => delta(&mut self.max_stale),
-            "min-fresh" => delta(&mut self.min_fresh),
-            "stale-while-revalidate" => delta(&mut self.stale_while_revalidate),
-            "stale-if-error" => delta(&mut self.stale_if_error),
+        // Lowercased on the stack: a name longer than every known directive is
+        // one we ignore anyway.
+        let mut buffer = [0u8; LONGEST_DIRECTIVE];
+        let Some(lower) = buffer.get_mut(..name.len()) else {
+            return;
+        };
+        lower.copy_from_slice(name.as_bytes());
+        lower.make_ascii_lowercase();
+        match &*lower {
+            b"no-store" => flag(&mut self.no_store),
+            b"no-cache" => flag(&mut self.no_cache),
+            b"private" => flag(&mut self.private),
+            b"public" => flag(&mut self.public),
+            b"must-revalidate" => flag(&mut self.must_revalidate),
+            b"proxy-revalidate" => flag(&mut self.proxy_revalidate),
+            b"must-understand" => flag(&mut self.must_understand),
+            b"only-if-cached" => flag(&mut self.only_if_cached),
+            b"max-age" => delta(&mut self.max_age),
+            b"s-maxage" => delta(&mut self.s_maxage),
+            b"max-stale" => delta(&mut self.max_stale),
+            b"min-fresh" => delta(&mut self.min_fresh),
+            b"stale-while-revalidate" => delta(&mut self.stale_while_revalidate),
+            b"stale-if-error" => delta(&mut self.stale_if_error),
             _ => {}
         }
     }
@@ -171,6 +187,10 @@ impl CacheControl {
     /// Request directives: `Pragma: no-cache` counts as `no-cache` when the request
     /// has no `Cache-Control` (RFC 9111 5.4).
     pub(crate) fn parse_request(headers: &HeaderMap) -> Self {
+        // Most requests carry neither field; spare them the lookups.
+        if headers.is_empty() {
+            return Self::default();
+        }
         let mut cc = Self::parse(headers);
         if !headers.contains_key(CACHE_CONTROL)
             && headers
@@ -202,7 +222,37 @@ fn read_quoted(body: &str, out: &mut String) -> Option<usize> {
 
 /// RFC 9110 `tchar`.
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
+}
+
+/// RFC 9110 optional whitespace: a space or a tab.
+fn is_ows(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+/// The position of the first byte from `at` on that is not `skipped`.
+fn skip(bytes: &[u8], mut at: usize, skipped: impl Fn(u8) -> bool) -> usize {
+    while bytes.get(at).is_some_and(|&b| skipped(b)) {
+        at += 1;
+    }
+    at
 }
 
 /// Parses `delta-seconds`: digits only, saturating at 2^31.
@@ -265,6 +315,13 @@ mod tests {
         assert_eq!(parsed.max_age, Delta::Seconds(60));
         assert_eq!(parsed.s_maxage, Delta::Seconds(120));
         assert!(parsed.public && !parsed.malformed);
+    }
+
+    #[test]
+    fn names_longer_than_every_known_directive_are_ignored() {
+        let parsed = cc(&["x-an-extension-longer-than-any-directive=1, max-age=5"]);
+        assert_eq!(parsed.max_age, Delta::Seconds(5));
+        assert!(!parsed.malformed);
     }
 
     #[test]

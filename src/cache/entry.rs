@@ -50,6 +50,9 @@ pub(crate) struct Entry {
 
 impl Entry {
     /// Builds an entry from a response head and its complete body.
+    ///
+    /// `date_set` is the value of the `Date` the caller has just put in
+    /// `headers`, which spares reading it back.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         status: StatusCode,
@@ -59,16 +62,23 @@ impl Entry {
         request_headers: &HeaderMap,
         request_time: SystemTime,
         response_time: SystemTime,
+        date_set: Option<SystemTime>,
         freshness: &Freshness,
     ) -> Self {
         strip_hop_by_hop(&mut headers);
         let vary = Vary::new(&headers, request_headers);
-        Self::with_times(
+        // `Connection` may have named `Date`, which is then gone.
+        let date = match date_set {
+            Some(date) if headers.contains_key(DATE) => Some(date),
+            _ => directives::date(&headers),
+        };
+        Self::with_date(
             status,
             version,
             headers,
             body,
             vary,
+            date,
             request_time,
             response_time,
             freshness,
@@ -86,17 +96,44 @@ impl Entry {
         response_time: SystemTime,
         freshness: &Freshness,
     ) -> Self {
+        let date = directives::date(&headers);
+        Self::with_date(
+            status,
+            version,
+            headers,
+            body,
+            vary,
+            date,
+            request_time,
+            response_time,
+            freshness,
+        )
+    }
+
+    /// `date` is the valid `Date` of `headers`, if any.
+    #[allow(clippy::too_many_arguments)]
+    fn with_date(
+        status: StatusCode,
+        version: Version,
+        headers: HeaderMap,
+        body: Bytes,
+        vary: Vary,
+        date: Option<SystemTime>,
+        request_time: SystemTime,
+        response_time: SystemTime,
+        freshness: &Freshness,
+    ) -> Self {
         let cc = CacheControl::parse(&headers);
-        let date = directives::date(&headers).unwrap_or(response_time);
         let lifetime = policy::freshness_lifetime(
             freshness.mode,
             status,
             &headers,
             &cc,
-            date,
+            date.unwrap_or(response_time),
             freshness.max_heuristic,
         );
-        let initial_age = policy::corrected_initial_age(&headers, request_time, response_time);
+        let initial_age =
+            policy::corrected_initial_age(&headers, date, request_time, response_time);
         let headers = Fields::new(&headers, &AGE);
         let shared = freshness.mode == Mode::Shared;
         Entry {
@@ -313,6 +350,14 @@ fn age_value(age: Duration) -> HeaderValue {
 /// `Upgrade`, and every `Proxy-*` field. Such fields describe one connection, so
 /// a cache never stores them and a proxy never forwards them.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most responses have none of them: one pass over the names, no removal.
+    let hop_by_hop = |name: &HeaderName| match name.as_str() {
+        "connection" | "te" | "trailer" | "transfer-encoding" | "upgrade" | "keep-alive" => true,
+        other => other.starts_with("proxy-"),
+    };
+    if !headers.keys().any(hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()

@@ -149,12 +149,15 @@ pub(crate) fn freshness_lifetime(
 /// The age of a response when it arrived (RFC 9111 4.2.3): the larger of the
 /// apparent age (`response_time - Date`) and the `Age` it carried (zero when
 /// absent or invalid) plus the time the request took.
+///
+/// `date` is the response's valid `Date`, if any.
 pub(crate) fn corrected_initial_age(
     headers: &HeaderMap,
+    date: Option<SystemTime>,
     request_time: SystemTime,
     response_time: SystemTime,
 ) -> Duration {
-    let apparent = directives::date(headers)
+    let apparent = date
         .and_then(|date| response_time.duration_since(date).ok())
         .unwrap_or(Duration::ZERO);
     let delay = response_time
@@ -224,7 +227,7 @@ mod tests {
         let response = UNIX_EPOCH + Duration::from_secs(12);
         // apparent 2 s, corrected 3 + 1 = 4 s
         assert_eq!(
-            corrected_initial_age(&map, request, response),
+            corrected_initial_age(&map, directives::date(&map), request, response),
             Duration::from_secs(4)
         );
     }

@@ -12,7 +12,7 @@ use tower_service::Service;
 use super::directives::CacheControl;
 use super::future::ResponseFuture;
 use super::policy;
-use super::shared::{Shared, Use};
+use super::shared::{Lookup, Shared, Use};
 use super::upstream;
 use crate::body::ResponseBody;
 use crate::clock::{Clock, MonotonicClock};
@@ -91,45 +91,47 @@ where
         }
 
         let (parts, body) = request.into_parts();
-        let Some(key) = shared.key(&parts) else {
-            return ResponseFuture::pass(inner.call(Request::from_parts(parts, body)));
-        };
         let request_cc = CacheControl::parse_request(&parts.headers);
+        let (key, found) = match shared.lookup(&parts, &request_cc) {
+            Lookup::Declined => {
+                return ResponseFuture::pass(inner.call(Request::from_parts(parts, body)));
+            }
+            Lookup::Serve(entry, age) => {
+                return ResponseFuture::ready(shared.serve(
+                    &entry,
+                    age,
+                    &parts.method,
+                    &parts.headers,
+                ));
+            }
+            Lookup::Other(key, found) => (key, found),
+        };
 
         let mut stale = None;
-        if let Some(entry) = shared.memory_get(&key, &parts.headers) {
-            let age = entry.age(shared.now());
-            match shared.decide(&entry, &request_cc, age) {
-                Use::Serve => {
-                    return ResponseFuture::ready(shared.serve(
-                        &entry,
-                        age,
-                        &parts.method,
-                        &parts.headers,
-                    ));
-                }
-                Use::ServeAndRefresh => {
-                    let response = shared.serve(&entry, age, &parts.method, &parts.headers);
-                    let inner = take_ready(inner);
-                    let mut parts = parts;
-                    // Refresh with a `GET` even when a `HEAD` found the entry.
-                    parts.method = Method::GET;
-                    upstream::refresh(
-                        shared.clone(),
-                        inner,
-                        Request::from_parts(parts, body),
-                        Arc::from(key),
-                        entry,
-                    );
-                    return ResponseFuture::ready(response);
-                }
-                Use::Revalidate if request_cc.only_if_cached => {
-                    return ResponseFuture::ready(shared.only_if_cached(&parts));
-                }
-                Use::Revalidate => stale = Some(entry),
+        match found {
+            Some((entry, age, Use::ServeAndRefresh)) => {
+                let response = shared.serve(&entry, age, &parts.method, &parts.headers);
+                let inner = take_ready(inner);
+                let mut parts = parts;
+                // Refresh with a `GET` even when a `HEAD` found the entry.
+                parts.method = Method::GET;
+                upstream::refresh(
+                    shared.clone(),
+                    inner,
+                    Request::from_parts(parts, body),
+                    key,
+                    entry,
+                );
+                return ResponseFuture::ready(response);
             }
-        } else if request_cc.only_if_cached && !cfg!(feature = "redis") {
-            return ResponseFuture::ready(shared.only_if_cached(&parts));
+            Some(_) if request_cc.only_if_cached => {
+                return ResponseFuture::ready(shared.only_if_cached(&parts));
+            }
+            Some((entry, _, _)) => stale = Some(entry),
+            None if request_cc.only_if_cached && !cfg!(feature = "redis") => {
+                return ResponseFuture::ready(shared.only_if_cached(&parts));
+            }
+            None => {}
         }
 
         let inner = take_ready(inner);
@@ -137,7 +139,7 @@ where
             shared.clone(),
             inner,
             Request::from_parts(parts, body),
-            Arc::from(key),
+            key,
             request_cc,
             stale,
         )))

@@ -1,7 +1,9 @@
 //! The state every service made by one layer shares: settings, store, flights.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -54,6 +56,17 @@ impl fmt::Debug for Config {
     }
 }
 
+/// What the store holds for a request.
+pub(crate) enum Lookup {
+    /// The key hook declined the request: pass it through.
+    Declined,
+    /// A stored response to serve as it is, and its age.
+    Serve(Arc<Entry>, Duration),
+    /// The primary key, and the stored response (its age and what it may be
+    /// used for) when there is one.
+    Other(Arc<str>, Option<(Arc<Entry>, Duration, Use)>),
+}
+
 /// What a stored response can be used for, given the request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Use {
@@ -76,6 +89,9 @@ pub(crate) struct Shared<C> {
     /// which they skip collapsing. moka's own expiry (on real time) only bounds
     /// how long a record takes room; the deadline is what is read.
     hit_for_miss: moka::sync::Cache<Arc<str>, Timestamp>,
+    /// Whether any URL was ever marked hit-for-miss: until one is, the lookups
+    /// in `hit_for_miss` are skipped (each costs a hash and a table probe).
+    any_hit_for_miss: AtomicBool,
     refreshing: Mutex<HashSet<Arc<str>>>,
 }
 
@@ -106,6 +122,7 @@ impl<C: Clock> Shared<C> {
             wall_origin,
             inflight: Arc::default(),
             hit_for_miss,
+            any_hit_for_miss: AtomicBool::new(false),
             refreshing: Mutex::default(),
         }
     }
@@ -125,6 +142,13 @@ impl<C: Clock> Shared<C> {
     /// The primary key of a request: scheme, authority, path, query, and the
     /// hook's addition. `None` when the hook declines the request.
     pub(crate) fn key(&self, parts: &Parts) -> Option<String> {
+        let mut key = String::new();
+        self.write_key(parts, &mut key).then_some(key)
+    }
+
+    /// Appends the primary key of a request to `key`; `false` when the hook
+    /// declines the request.
+    fn write_key(&self, parts: &Parts, key: &mut String) -> bool {
         let authority = parts
             .uri
             .authority()
@@ -132,11 +156,63 @@ impl<C: Clock> Shared<C> {
             .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()))
             .unwrap_or("");
         let scheme = parts.uri.scheme_str().unwrap_or("http");
-        self.key_for(scheme, authority, &parts.uri, parts)
+        self.write_key_for(scheme, authority, &parts.uri, parts, key)
+    }
+
+    /// Finds what the store holds for a request, and what it may be used for.
+    ///
+    /// The key is built in a buffer kept per thread, so a hit allocates none;
+    /// it is copied out only when the request goes further than the store.
+    pub(crate) fn lookup(&self, parts: &Parts, request_cc: &CacheControl) -> Lookup {
+        // Past this many bytes of capacity the buffer is not kept for the next
+        // request, so one huge URL does not pin memory in every thread.
+        const KEPT_CAPACITY: usize = 4096;
+        thread_local! {
+            static KEY: RefCell<String> = const { RefCell::new(String::new()) };
+        }
+        KEY.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut key) => {
+                key.clear();
+                let lookup = self.lookup_in(parts, request_cc, &mut key);
+                if key.capacity() > KEPT_CAPACITY {
+                    *key = String::new();
+                }
+                lookup
+            }
+            // A key hook that sends a request through a cache itself.
+            Err(_) => self.lookup_in(parts, request_cc, &mut String::new()),
+        })
+    }
+
+    fn lookup_in(&self, parts: &Parts, request_cc: &CacheControl, key: &mut String) -> Lookup {
+        if !self.write_key(parts, key) {
+            return Lookup::Declined;
+        }
+        let Some(entry) = self.memory_get(key, &parts.headers) else {
+            return Lookup::Other(Arc::from(key.as_str()), None);
+        };
+        let age = entry.age(self.now());
+        match self.decide(&entry, request_cc, age) {
+            Use::Serve => Lookup::Serve(entry, age),
+            other => Lookup::Other(Arc::from(key.as_str()), Some((entry, age, other))),
+        }
     }
 
     fn key_for(&self, scheme: &str, authority: &str, uri: &Uri, parts: &Parts) -> Option<String> {
-        let mut key = String::with_capacity(
+        let mut key = String::new();
+        self.write_key_for(scheme, authority, uri, parts, &mut key)
+            .then_some(key)
+    }
+
+    fn write_key_for(
+        &self,
+        scheme: &str,
+        authority: &str,
+        uri: &Uri,
+        parts: &Parts,
+        key: &mut String,
+    ) -> bool {
+        key.reserve(
             scheme.len() + authority.len() + uri.path().len() + uri.query().map_or(0, str::len) + 8,
         );
         key.push_str(scheme);
@@ -162,10 +238,13 @@ impl<C: Clock> Shared<C> {
             }
         }
         if let Some(hook) = &self.config.key_hook {
+            let Some(addition) = hook(parts) else {
+                return false;
+            };
             key.push('\n');
-            key.push_str(&hook(parts)?);
+            key.push_str(&addition);
         }
-        Some(key)
+        true
     }
 
     /// What the stored `entry`, now `age` old, may be used for by a request with
@@ -251,7 +330,9 @@ impl<C: Clock> Shared<C> {
     pub(crate) fn put(self: &Arc<Self>, key: &Arc<str>, entry: Arc<Entry>) {
         tracing::debug!(%key, status = %entry.status, bytes = entry.body.len(), "cache store");
         // A read first: most stores have nothing to undo, and a write costs more.
-        if self.hit_for_miss.contains_key(key.as_ref()) {
+        if self.any_hit_for_miss.load(Ordering::Acquire)
+            && self.hit_for_miss.contains_key(key.as_ref())
+        {
             self.hit_for_miss.invalidate(key);
         }
         #[cfg(feature = "redis")]
@@ -319,14 +400,17 @@ impl<C: Clock> Shared<C> {
 
     /// Whether `key` recently got an uncacheable response (no collapsing for it).
     pub(crate) fn is_hit_for_miss(&self, key: &Arc<str>) -> bool {
-        self.hit_for_miss
-            .get(key.as_ref())
-            .is_some_and(|until| self.clock.now() < until)
+        self.any_hit_for_miss.load(Ordering::Acquire)
+            && self
+                .hit_for_miss
+                .get(key.as_ref())
+                .is_some_and(|until| self.clock.now() < until)
     }
 
     /// Remembers that `key` got an uncacheable response.
     fn mark_hit_for_miss(&self, key: Arc<str>) {
         let until = self.clock.now() + self.config.hit_for_miss;
+        self.any_hit_for_miss.store(true, Ordering::Release);
         self.hit_for_miss.insert(key, until);
     }
 
@@ -380,16 +464,17 @@ impl<C: Clock> Shared<C> {
         if store {
             // A response that is stale on arrival and cannot be revalidated is of
             // no use later.
-            let date = directives::date(&parts.headers).unwrap_or(response_time);
+            let date = directives::date(&parts.headers);
             let lifetime = policy::freshness_lifetime(
                 mode,
                 parts.status,
                 &parts.headers,
                 &cc,
-                date,
+                date.unwrap_or(response_time),
                 self.config.freshness.max_heuristic,
             );
-            let age = policy::corrected_initial_age(&parts.headers, request_time, response_time);
+            let age =
+                policy::corrected_initial_age(&parts.headers, date, request_time, response_time);
             let validator = parts.headers.contains_key(http::header::ETAG)
                 || parts.headers.contains_key(http::header::LAST_MODIFIED);
             store = lifetime > age
@@ -458,12 +543,15 @@ impl<C: Clock> Completion for StoreAtEnd<C> {
         match body {
             Some(body) => {
                 let mut headers = this.headers;
+                let mut date_set = None;
                 if !headers.contains_key(DATE) {
+                    let date = httpdate::HttpDate::from(this.response_time);
                     headers.insert(
                         DATE,
-                        http::HeaderValue::from_str(&httpdate::fmt_http_date(this.response_time))
+                        http::HeaderValue::from_str(&date.to_string())
                             .expect("an HTTP date is a valid header value"),
                     );
+                    date_set = Some(SystemTime::from(date));
                 }
                 let entry = Entry::new(
                     this.status,
@@ -473,6 +561,7 @@ impl<C: Clock> Completion for StoreAtEnd<C> {
                     &this.request_headers,
                     this.request_time,
                     this.response_time,
+                    date_set,
                     &this.shared.config.freshness,
                 );
                 let entry = Arc::new(entry);

@@ -1,5 +1,6 @@
 //! The in-memory store: moka, weighed in bytes.
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,31 +12,50 @@ use super::entry::Entry;
 /// The most variants (distinct `Vary` selections) kept per URL; the oldest goes.
 const MAX_VARIANTS: usize = 16;
 
-/// The stored variants of one URL: most URLs have one, held with no list around
-/// it.
+/// The stored variants of one URL, with the URL's primary key (moka's key is
+/// only a hash of it: a hit compares this). Cloned on every read, so every
+/// part is behind an `Arc`.
 #[derive(Clone, Debug)]
 pub(crate) enum Variants {
-    One(Arc<Entry>),
-    Many(Arc<[Arc<Entry>]>),
+    /// Most URLs have one variant, held with no list around it.
+    One { key: Arc<str>, entry: Arc<Entry> },
+    /// The URL's `Vary` selections, each with its own response.
+    Many(Arc<Many>),
+}
+
+/// Several variants of one URL, oldest first.
+#[derive(Debug)]
+pub(crate) struct Many {
+    key: Box<str>,
+    entries: Box<[Arc<Entry>]>,
 }
 
 impl Variants {
-    fn entries(&self) -> &[Arc<Entry>] {
+    fn key(&self) -> &str {
         match self {
-            Variants::One(entry) => std::slice::from_ref(entry),
-            Variants::Many(entries) => entries,
+            Variants::One { key, .. } => key,
+            Variants::Many(many) => &many.key,
         }
     }
 
-    fn weight(&self, key: &str) -> u32 {
+    fn entries(&self) -> &[Arc<Entry>] {
+        match self {
+            Variants::One { entry, .. } => std::slice::from_ref(entry),
+            Variants::Many(many) => &many.entries,
+        }
+    }
+
+    fn weight(&self) -> u32 {
         let list = match self {
-            Variants::One(_) => 0,
-            Variants::Many(entries) => {
-                2 * std::mem::size_of::<usize>() + std::mem::size_of_val::<[Arc<Entry>]>(entries)
+            Variants::One { .. } => 0,
+            Variants::Many(many) => {
+                2 * std::mem::size_of::<usize>()
+                    + std::mem::size_of::<Many>()
+                    + std::mem::size_of_val::<[Arc<Entry>]>(&many.entries)
             }
         };
         let bytes = STORE_OVERHEAD
-            + key.len()
+            + self.key().len()
             + 2 * std::mem::size_of::<usize>()
             + list
             + self.entries().iter().map(|e| e.weight()).sum::<usize>();
@@ -43,10 +63,19 @@ impl Variants {
     }
 }
 
+/// What moka keys a URL on: a 128-bit keyed hash of its primary key.
+///
+/// moka hashes its keys again whenever its table grows or sheds removed slots;
+/// a key held inline spares it a read of the URL's text, a cache miss per
+/// stored URL on a large store. Two URLs with the same hash evict each other
+/// (a hit compares the full key), which a cache may always do.
+type Id = u128;
+
 /// moka's own bytes per stored URL (its entry, deque and timer nodes, hash table
 /// slot), as `benches/cache.rs` measures it for a sync cache with a weigher and
-/// per-entry expiry holding 10,000 keys: counted in every weight so that the
-/// byte budget covers what the store really holds.
+/// per-entry expiry holding 10,000 `Arc<str>` keys (the inline size of an `Id`;
+/// the key's text is counted apart): counted in every weight so that the byte
+/// budget covers what the store really holds.
 const STORE_OVERHEAD: usize = 272;
 
 /// Keeps a value while its longest-kept variant is usable.
@@ -65,10 +94,10 @@ impl KeepFor {
     }
 }
 
-impl Expiry<Arc<str>, Variants> for KeepFor {
+impl Expiry<Id, Variants> for KeepFor {
     fn expire_after_create(
         &self,
-        _key: &Arc<str>,
+        _key: &Id,
         value: &Variants,
         _created_at: Instant,
     ) -> Option<Duration> {
@@ -77,7 +106,7 @@ impl Expiry<Arc<str>, Variants> for KeepFor {
 
     fn expire_after_update(
         &self,
-        _key: &Arc<str>,
+        _key: &Id,
         value: &Variants,
         _updated_at: Instant,
         _duration_until_expiry: Option<Duration>,
@@ -89,7 +118,10 @@ impl Expiry<Arc<str>, Variants> for KeepFor {
 /// Stored responses by primary key, bounded in bytes.
 #[derive(Clone)]
 pub(crate) struct MemoryStore {
-    cache: moka::sync::Cache<Arc<str>, Variants>,
+    cache: moka::sync::Cache<Id, Variants>,
+    /// The hash's key, random per store, so that which URLs collide cannot be
+    /// known from outside.
+    seed: u64,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -107,18 +139,28 @@ impl MemoryStore {
     pub(crate) fn new(max_bytes: u64, keep_stale: Duration) -> Self {
         let cache = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|key: &Arc<str>, value: &Variants| value.weight(key))
+            .weigher(|_: &Id, value: &Variants| value.weight())
             .expire_after(KeepFor { keep_stale })
             .build();
-        MemoryStore { cache }
+        let seed = std::collections::hash_map::RandomState::new().hash_one(0u8);
+        MemoryStore { cache, seed }
+    }
+
+    fn id(&self, key: &str) -> Id {
+        xxhash_rust::xxh3::xxh3_128_with_seed(key.as_bytes(), self.seed)
     }
 
     /// The stored response for `key` whose secondary key matches `request`.
     #[inline]
     pub(crate) fn get(&self, key: &str, request: &HeaderMap) -> Option<Arc<Entry>> {
-        match self.cache.get(key)? {
-            Variants::One(entry) => entry.vary.matches(request).then_some(entry),
-            Variants::Many(entries) => entries
+        let variants = self.cache.get(&self.id(key))?;
+        if variants.key() != key {
+            return None;
+        }
+        match variants {
+            Variants::One { entry, .. } => entry.vary.matches(request).then_some(entry),
+            Variants::Many(many) => many
+                .entries
                 .iter()
                 .find(|entry| entry.vary.matches(request))
                 .cloned(),
@@ -127,30 +169,38 @@ impl MemoryStore {
 
     /// Stores `entry` under `key`, replacing the variant with the same secondary key.
     pub(crate) fn put(&self, key: &str, entry: Arc<Entry>) {
-        let mut entries: Vec<Arc<Entry>> = match self.cache.get(key) {
-            Some(old) => old
+        let id = self.id(key);
+        let mut entries: Vec<Arc<Entry>> = match self.cache.get(&id) {
+            Some(old) if old.key() == key => old
                 .entries()
                 .iter()
                 .filter(|e| e.vary != entry.vary)
                 .cloned()
                 .collect(),
-            None => Vec::new(),
+            // Nothing stored, or another URL with the same hash: replaced.
+            _ => Vec::new(),
         };
         let value = if entries.is_empty() {
-            Variants::One(entry)
+            Variants::One {
+                key: Arc::from(key),
+                entry,
+            }
         } else {
             if entries.len() >= MAX_VARIANTS {
                 entries.remove(0);
             }
             entries.push(entry);
-            Variants::Many(Arc::from(entries))
+            Variants::Many(Arc::new(Many {
+                key: Box::from(key),
+                entries: entries.into_boxed_slice(),
+            }))
         };
-        self.cache.insert(Arc::from(key), value);
+        self.cache.insert(id, value);
     }
 
     /// Forgets every variant under `key`.
     pub(crate) fn invalidate(&self, key: &str) {
-        self.cache.invalidate(key);
+        self.cache.invalidate(&self.id(key));
     }
 
     /// Runs moka's pending maintenance (evictions, expiry) now.
@@ -166,5 +216,67 @@ impl MemoryStore {
     /// How many URLs have a stored response.
     pub(crate) fn entry_count(&self) -> u64 {
         self.cache.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::entry::Freshness;
+    use crate::cache::policy::Mode;
+    use bytes::Bytes;
+    use http::{StatusCode, Version};
+    use std::time::SystemTime;
+
+    fn entry() -> Arc<Entry> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("max-age=60"),
+        );
+        let now = SystemTime::now();
+        let freshness = Freshness {
+            mode: Mode::Shared,
+            max_heuristic: Duration::ZERO,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+        };
+        Arc::new(Entry::new(
+            StatusCode::OK,
+            Version::HTTP_11,
+            headers,
+            Bytes::from_static(b"body"),
+            &HeaderMap::new(),
+            now,
+            now,
+            None,
+            &freshness,
+        ))
+    }
+
+    #[test]
+    fn serves_a_stored_url_and_nothing_for_another() {
+        let store = MemoryStore::new(1 << 20, Duration::ZERO);
+        store.put("http://x/a", entry());
+        assert!(store.get("http://x/a", &HeaderMap::new()).is_some());
+        assert!(store.get("http://x/b", &HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn a_url_whose_hash_collides_is_not_served_the_others_response() {
+        let store = MemoryStore::new(1 << 20, Duration::ZERO);
+        // What a collision leaves: the hash of one URL holding another's variants.
+        let variants = Variants::One {
+            key: Arc::from("http://x/b"),
+            entry: entry(),
+        };
+        store.cache.insert(store.id("http://x/a"), variants);
+        assert!(store.get("http://x/a", &HeaderMap::new()).is_none());
+
+        // Storing the URL replaces the other's variants instead of joining them.
+        store.put("http://x/a", entry());
+        let stored = store.cache.get(&store.id("http://x/a")).unwrap();
+        assert_eq!(stored.key(), "http://x/a");
+        assert_eq!(stored.entries().len(), 1);
     }
 }
