@@ -12,6 +12,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
 use std::future::Future;
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
@@ -243,11 +244,19 @@ fn hit(c: &mut Criterion) {
     group.finish();
 }
 
+/// Both caches hold about the same number of entries during the miss group:
+/// ours a byte budget of this many 1 KiB entries (each weighed at about 1.9 KiB,
+/// its content and bookkeeping), the peer's moka store this many entries. With
+/// the peer's default store (42 entries) it would never grow a large table
+/// while ours does, and the comparison would not be of the same work.
+const MISS_ENTRIES: u64 = 4096;
+
 fn miss(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("cache_miss_1KiB");
     let counter = AtomicUsize::new(0);
     let next = || format!("/miss/{}", counter.fetch_add(1, Ordering::Relaxed));
+    let budget = NonZeroU64::new(MISS_ENTRIES * 1900).unwrap();
 
     let bare = origin(1024);
     group.bench_function("no cache", |b| {
@@ -257,7 +266,7 @@ fn miss(c: &mut Criterion) {
             async move { drain(service.oneshot(request).await.unwrap()).await }
         })
     });
-    let ours = CacheLayer::new().layer(origin(1024));
+    let ours = CacheLayer::new().max_bytes(budget).layer(origin(1024));
     group.bench_function("tower-toolbox", |b| {
         b.to_async(&rt).iter(|| {
             let service = ours.clone();
@@ -265,7 +274,10 @@ fn miss(c: &mut Criterion) {
             async move { drain(service.oneshot(request).await.unwrap()).await }
         })
     });
-    let uncollapsed = CacheLayer::new().collapse(false).layer(origin(1024));
+    let uncollapsed = CacheLayer::new()
+        .max_bytes(budget)
+        .collapse(false)
+        .layer(origin(1024));
     group.bench_function("tower-toolbox, collapsing off", |b| {
         b.to_async(&rt).iter(|| {
             let service = uncollapsed.clone();
@@ -274,7 +286,8 @@ fn miss(c: &mut Criterion) {
         })
     });
     let peer = rt.block_on(async {
-        http_cache_tower::HttpCacheLayer::new(http_cache::MokaManager::default())
+        let store = moka::future::Cache::new(MISS_ENTRIES);
+        http_cache_tower::HttpCacheLayer::new(http_cache::MokaManager::new(store))
             .layer(origin(1024))
     });
     group.bench_function("http-cache-tower", |b| {
