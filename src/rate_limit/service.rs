@@ -203,6 +203,8 @@ where
         let compiled = &shared.plans[plan];
         let slot = shared.wait_slot(compiled);
 
+        // Without the `redis` feature the match has one arm.
+        #[allow(clippy::infallible_destructuring_match)]
         let state = match &shared.backend {
             Backend::Memory(state) => state,
             #[cfg(feature = "redis")]
