@@ -177,16 +177,16 @@ pin_project! {
         S: Service<Request<B>>,
         C: Clock,
     {
+        Called {
+            #[pin]
+            future: S::Future,
+            permit: Option<Permit>,
+        },
         // Boxed: a waiter carries the request, the service and a timer, which
         // would otherwise make every future large, also on the path that never
         // waits.
         Waiting {
             waiting: Pin<Box<Waiting<S, B, C>>>,
-        },
-        Called {
-            #[pin]
-            future: S::Future,
-            permit: Option<Permit>,
         },
         Ready {
             response: Option<Response<Bytes>>,
@@ -257,19 +257,38 @@ where
 {
     type Output = Result<Response<ResponseBody<PermitBody<ResBody>>>, S::Error>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // The admitted request's state is polled here, inlined; the others out
+        // of line.
+        match self.as_mut().project().state.project() {
+            StateProj::Called { future, permit } => {
+                let result = ready!(future.poll(cx));
+                let mut permit = permit.take();
+                if let Some(permit) = &mut permit {
+                    permit.record(outcome(&result));
+                }
+                Poll::Ready(result.map(|response| {
+                    response.map(|body| ResponseBody::new(PermitBody { body, permit }))
+                }))
+            }
+            _ => self.poll_slow(cx),
+        }
+    }
+}
+
+impl<S, B, C, ResBody> ResponseFuture<S, B, C>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    C: Clock,
+{
+    /// Polls a future that waits in line or holds its answer; once admitted, it
+    /// goes on as the inner service's future.
+    #[inline(never)]
+    fn poll_slow(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<<Self as Future>::Output> {
         loop {
             let next = match self.as_mut().project().state.project() {
-                StateProj::Called { future, permit } => {
-                    let result = ready!(future.poll(cx));
-                    let mut permit = permit.take();
-                    if let Some(permit) = &mut permit {
-                        permit.record(outcome(&result));
-                    }
-                    return Poll::Ready(result.map(|response| {
-                        response.map(|body| ResponseBody::new(PermitBody { body, permit }))
-                    }));
-                }
+                StateProj::Called { .. } => return self.poll(cx),
                 StateProj::Ready { response } => {
                     let response = response
                         .take()

@@ -166,27 +166,59 @@ where
     /// refuses it.
     #[inline]
     pub(crate) fn acquire(self: &Arc<Self>, partition: usize, class: usize) -> Acquire<C> {
-        // The common case, room and nobody waiting, is inlined into the caller so
-        // that it neither calls the slow path nor builds the large `Acquire`.
-        if !self.partitioned {
-            if let Some(in_flight) = self.admission.try_take_first() {
-                self.metrics.in_flight.set(in_flight as f64);
-                return Acquire::Admitted(self.permit(partition, in_flight));
-            }
-            // Without a line nobody ever waits, and under the lock the check for
-            // room would only be repeated: refuse without taking it.
-            if !self.queues {
-                self.metrics.rejected.increment(1);
-                return Acquire::Refused(Refusal::Full);
-            }
+        match self.try_acquire_now(partition) {
+            Some(permit) => Acquire::Admitted(permit),
+            None => self.acquire_contended(partition, class),
+        }
+    }
+
+    /// The common case of [`acquire`](Self::acquire), room and nobody waiting,
+    /// inlined into the caller so that it neither calls the slow path nor builds
+    /// the large `Acquire`. `None` leaves the decision to
+    /// [`acquire_contended`](Self::acquire_contended).
+    #[inline]
+    pub(crate) fn try_acquire_now(self: &Arc<Self>, partition: usize) -> Option<Permit> {
+        if self.partitioned {
+            return None;
+        }
+        let in_flight = self.admission.try_take_first()?;
+        self.metrics.in_flight.set(in_flight as f64);
+        Some(self.permit(partition, in_flight))
+    }
+
+    /// [`acquire`](Self::acquire) once [`try_acquire_now`](Self::try_acquire_now)
+    /// found no room, or the gate is partitioned.
+    #[inline(never)]
+    pub(crate) fn acquire_contended(
+        self: &Arc<Self>,
+        partition: usize,
+        class: usize,
+    ) -> Acquire<C> {
+        if self.refuses_at_once() {
+            return Acquire::Refused(Refusal::Full);
         }
         self.acquire_locked(partition, class)
+    }
+
+    /// After [`try_acquire_now`](Self::try_acquire_now) found no room: whether
+    /// the request is refused ([`Refusal::Full`]) without taking the lock, which
+    /// is counted as a rejection. Otherwise [`acquire_locked`](Self::acquire_locked)
+    /// decides.
+    #[inline]
+    pub(crate) fn refuses_at_once(&self) -> bool {
+        // Without a line nobody ever waits, and under the lock the check for room
+        // would only be repeated: refuse without taking it.
+        let refuses = !self.partitioned && !self.queues;
+        if refuses {
+            self.metrics.rejected.increment(1);
+        }
+        refuses
     }
 
     /// [`acquire`](Self::acquire) under the lock: the gate is partitioned, full,
     /// or has a waiting line.
     #[inline(never)]
-    fn acquire_locked(self: &Arc<Self>, partition: usize, class: usize) -> Acquire<C> {
+    pub(crate) fn acquire_locked(self: &Arc<Self>, partition: usize, class: usize) -> Acquire<C> {
         let mut state = self.lock();
         let admission = &self.admission;
         // Waiters go first: a request that finds others in line joins them, even
@@ -275,13 +307,11 @@ where
 
     fn permit(self: &Arc<Self>, partition: usize, in_flight: usize) -> Permit {
         let gate: Arc<dyn Slots> = self.clone();
-        Permit {
-            gate,
-            partition,
-            started: self.stamp(),
-            in_flight,
+        if self.adaptive {
+            Permit::sampled(gate, partition, self.clock.now(), in_flight)
+        } else {
             // A fixed limit learns nothing: no sample to record.
-            recorded: !self.adaptive,
+            Permit::unsampled(gate, partition)
         }
     }
 

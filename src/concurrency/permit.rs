@@ -19,30 +19,69 @@ pub(super) trait Slots: Send + Sync {
 }
 
 /// The right to have one request in flight; released when dropped.
+///
+/// Kept to 32 bytes, since it travels inside every response future and body:
+/// the counts are stored as `u32`, saturating (no process has four billion
+/// requests in flight, and a partition index past `u32::MAX` names no share,
+/// as the original index would not either).
 pub(crate) struct Permit {
-    pub(super) gate: Arc<dyn Slots>,
-    pub(super) partition: usize,
-    pub(super) started: Timestamp,
-    pub(super) in_flight: usize,
-    /// Whether the outcome was recorded, or needs no recording (a fixed limit).
-    pub(super) recorded: bool,
+    gate: Arc<dyn Slots>,
+    started: Timestamp,
+    /// Requests in flight when this one was admitted, for its sample; zero once
+    /// the outcome was recorded, or when none needs recording (a fixed limit).
+    in_flight: u32,
+    partition: u32,
+}
+
+/// `n` as a `u32`, saturating.
+fn narrow(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 impl Permit {
+    /// A permit of `partition` whose outcome is not recorded (a fixed limit).
+    #[inline]
+    pub(super) fn unsampled(gate: Arc<dyn Slots>, partition: usize) -> Self {
+        Permit {
+            gate,
+            started: Timestamp::ZERO,
+            in_flight: 0,
+            partition: narrow(partition),
+        }
+    }
+
+    /// A permit of `partition` whose outcome is recorded: admitted at `started`
+    /// with `in_flight` requests in flight, this one included.
+    #[inline]
+    pub(super) fn sampled(
+        gate: Arc<dyn Slots>,
+        partition: usize,
+        started: Timestamp,
+        in_flight: usize,
+    ) -> Self {
+        Permit {
+            gate,
+            started,
+            in_flight: narrow(in_flight).max(1),
+            partition: narrow(partition),
+        }
+    }
+
     /// Feeds the request's outcome to the limit algorithm (once; later calls do
     /// nothing).
     #[inline]
     pub(crate) fn record(&mut self, outcome: Outcome) {
-        if !self.recorded {
-            self.recorded = true;
-            self.gate.record(self.started, self.in_flight, outcome);
+        if self.in_flight != 0 {
+            let in_flight = std::mem::take(&mut self.in_flight);
+            self.gate.record(self.started, in_flight as usize, outcome);
         }
     }
 }
 
 impl Drop for Permit {
+    #[inline]
     fn drop(&mut self) {
-        self.gate.release(self.partition);
+        self.gate.release(self.partition as usize);
     }
 }
 
@@ -104,13 +143,10 @@ impl<C: Clock> Wait<C> {
 
         let gate = this.gate.take().expect("checked above");
         Poll::Ready(match decision {
-            Decision::Admitted { in_flight } => Ok(Permit {
-                started: gate.stamp(),
-                gate,
-                partition: *this.partition,
-                in_flight,
-                recorded: false,
-            }),
+            Decision::Admitted { in_flight } => {
+                let started = gate.stamp();
+                Ok(Permit::sampled(gate, *this.partition, started, in_flight))
+            }
             Decision::Shed => Err(Refusal::Shed),
         })
     }

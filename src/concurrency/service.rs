@@ -11,7 +11,7 @@ use tower_service::Service;
 
 use super::algorithm::LimitAlgorithm;
 use super::future::{PermitBody, Refuse, ResponseFuture};
-use super::gate::{Acquire, Gate, GateConfig, Metrics};
+use super::gate::{Acquire, Gate, GateConfig, Metrics, Refusal};
 use super::keyed::KeyedGates;
 use super::layer::Classify;
 use crate::body::ResponseBody;
@@ -100,7 +100,57 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline(always)]
     fn call(&mut self, request: Request<B>) -> Self::Future {
+        // The common case, one gate with room and nobody waiting, takes its slot
+        // before touching the request, which then goes straight to the inner
+        // service; everything else is out of line.
+        let shared = &*self.shared;
+        if shared.partition.is_none() {
+            if let Some(gate) = &shared.gate {
+                return match gate.try_acquire_now(0) {
+                    Some(permit) => {
+                        tracing::trace!(partition = 0, "request admitted");
+                        ResponseFuture::called(self.inner.call(request), Some(permit))
+                    }
+                    None => self.call_contended(request),
+                };
+            }
+        }
+        self.call_slow(request)
+    }
+}
+
+impl<S, A, K, C> ConcurrencyLimit<S, A, K, C> {
+    /// A request to one gate without partitions that found no room at once.
+    #[inline(never)]
+    fn call_contended<B, ResBody>(&mut self, request: Request<B>) -> ResponseFuture<S, B, C>
+    where
+        S: Service<Request<B>, Response = Response<ResBody>> + Clone,
+        A: LimitAlgorithm + Clone,
+        C: Clock,
+    {
+        let gate = self.shared.gate.as_ref().expect("checked by the caller");
+        if gate.refuses_at_once() {
+            return ResponseFuture::ready(
+                self.shared
+                    .refuse
+                    .respond(Refusal::Full, &RequestHead::of(&request)),
+            );
+        }
+        let acquired = gate.acquire_locked(0, NORMAL);
+        self.admit(acquired, 0, request)
+    }
+
+    /// A request to a partitioned or per-key limit.
+    #[inline(never)]
+    fn call_slow<B, ResBody>(&mut self, request: Request<B>) -> ResponseFuture<S, B, C>
+    where
+        S: Service<Request<B>, Response = Response<ResBody>> + Clone,
+        A: LimitAlgorithm + Clone,
+        K: KeyExtractor<B>,
+        C: Clock,
+    {
         let shared = &*self.shared;
         let partition = shared
             .partition
@@ -136,6 +186,20 @@ where
             },
         };
 
+        self.admit(acquired, partition, request)
+    }
+
+    /// Carries out the gate's decision on `request`.
+    fn admit<B, ResBody>(
+        &mut self,
+        acquired: Acquire<C>,
+        partition: usize,
+        request: Request<B>,
+    ) -> ResponseFuture<S, B, C>
+    where
+        S: Service<Request<B>, Response = Response<ResBody>> + Clone,
+        C: Clock,
+    {
         match acquired {
             Acquire::Admitted(permit) => {
                 tracing::trace!(partition, "request admitted");
