@@ -93,6 +93,11 @@
 //! - [`Vegas`] and [`Gradient`] re-measure their baseline on a fixed schedule,
 //!   not the jittered one of their published versions, so their sequences of
 //!   limits are reproducible; instances started together probe together.
+//! - The standard refusals are built once and kept for the life of the process
+//!   (so a refusal costs no reference counting on shared memory): about two
+//!   kilobytes for each distinct `Retry-After` and problem type base a program
+//!   configures, however many layers use them. A program that builds layers with
+//!   ever new `Retry-After` values keeps one copy of each.
 
 mod admission;
 mod aimd;
