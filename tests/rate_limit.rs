@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use support::{Body, from, ok_service, status};
+use support::{Body, from, grpc_from, ok_service, status};
 use tower::{Service, ServiceExt};
 use tower_toolbox::clock::ManualClock;
 use tower_toolbox::key::{ClientIp, Global, MissingKey};
@@ -625,13 +625,7 @@ async fn grpc_requests_get_resource_exhausted_with_pushback() {
         .build()
         .unwrap();
     let mut service = layer.layer_service(ok_service(Arc::default()));
-    let grpc = || {
-        let mut request = from("192.0.2.1");
-        request
-            .headers_mut()
-            .insert("content-type", "application/grpc".parse().unwrap());
-        request
-    };
+    let grpc = || grpc_from("192.0.2.1");
     assert_eq!(status(&mut service, grpc()).await, 200);
     let refused = service.ready().await.unwrap().call(grpc()).await.unwrap();
     assert_eq!(refused.status(), StatusCode::OK);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
 use redis_server::RedisServer;
-use support::{Body, from, ok_service, status};
+use support::{Body, from, grpc_from, ok_service, status};
 use tower::{Layer, Service, ServiceExt};
 use tower_toolbox::rate_limit::{Headers, LeakyBucket, Quota, RateLimitLayer};
 use tower_toolbox::store::{FailureMode, RedisStore};
@@ -282,13 +282,7 @@ async fn a_hung_redis_fails_closed_at_the_timeout_not_later() {
         .build()
         .unwrap();
     let mut service = layer.layer(ok_service(Arc::default()));
-    let grpc = || {
-        let mut request = from("192.0.2.1");
-        request
-            .headers_mut()
-            .insert("content-type", "application/grpc".parse().unwrap());
-        request
-    };
+    let grpc = || grpc_from("192.0.2.1");
     let started = Instant::now();
     let response = service
         .ready()

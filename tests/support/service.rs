@@ -23,6 +23,15 @@ pub fn from(peer: &str) -> Request<Body> {
     request
 }
 
+/// A gRPC call (`content-type: application/grpc`) from `peer`.
+pub fn grpc_from(peer: &str) -> Request<Body> {
+    let mut request = from(peer);
+    request
+        .headers_mut()
+        .insert("content-type", "application/grpc".parse().unwrap());
+    request
+}
+
 /// Answers `200 ok` at once and counts its calls.
 pub fn ok_service(
     calls: Arc<AtomicUsize>,
