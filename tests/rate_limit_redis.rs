@@ -244,6 +244,17 @@ async fn silent_server() -> (String, tokio::task::JoinHandle<()>) {
     (url, task)
 }
 
+/// One request through `service`, and how long its answer took.
+async fn timed<S>(service: &mut S, request: Request<Body>) -> (S::Response, Duration)
+where
+    S: Service<Request<Body>>,
+    S::Error: std::fmt::Debug,
+{
+    let started = Instant::now();
+    let response = service.ready().await.unwrap().call(request).await.unwrap();
+    (response, started.elapsed())
+}
+
 #[tokio::test]
 async fn a_hung_redis_fails_open_at_the_timeout_not_later() {
     let (url, task) = silent_server().await;
@@ -255,15 +266,7 @@ async fn a_hung_redis_fails_open_at_the_timeout_not_later() {
         .unwrap();
     let mut service = layer.layer(ok_service(Arc::default()));
     for _ in 0..2 {
-        let started = Instant::now();
-        let response = service
-            .ready()
-            .await
-            .unwrap()
-            .call(from("192.0.2.1"))
-            .await
-            .unwrap();
-        let elapsed = started.elapsed();
+        let (response, elapsed) = timed(&mut service, from("192.0.2.1")).await;
         assert_eq!(response.status(), StatusCode::OK);
         // The state is unknown, so no RateLimit header claims anything.
         assert!(response.headers().get("ratelimit").is_none());
@@ -282,23 +285,12 @@ async fn a_hung_redis_fails_closed_at_the_timeout_not_later() {
         .build()
         .unwrap();
     let mut service = layer.layer(ok_service(Arc::default()));
-    let grpc = || grpc_from("192.0.2.1");
-    let started = Instant::now();
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(from("192.0.2.1"))
-        .await
-        .unwrap();
-    let elapsed = started.elapsed();
+    let (response, elapsed) = timed(&mut service, from("192.0.2.1")).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(elapsed >= TIMEOUT, "{elapsed:?}");
     assert!(elapsed < TIMEOUT + SLACK, "{elapsed:?}");
 
-    let started = Instant::now();
-    let response = service.ready().await.unwrap().call(grpc()).await.unwrap();
-    let elapsed = started.elapsed();
+    let (response, elapsed) = timed(&mut service, grpc_from("192.0.2.1")).await;
     assert_eq!(response.headers()["grpc-status"], "14");
     assert!(elapsed < TIMEOUT + SLACK, "{elapsed:?}");
     task.abort();
