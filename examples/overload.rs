@@ -78,11 +78,14 @@ impl Service<Request<()>> for Backend {
     }
 
     fn call(&mut self, _request: Request<()>) -> Self::Future {
-        // 80 to 120 ms, uniformly, from a hash of a counter.
+        // 80 to 120 ms, uniformly, from a counter mixed by SplitMix64's
+        // finaliser. (A multiply alone leaves consecutive draws correlated:
+        // the mean drifts for seconds at a time, which adaptive limits rightly
+        // read as the backend slowing down.)
         let n = self
             .seed
             .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
-        let spread = (n.wrapping_mul(0xbf58_476d_1ce4_e5b9) >> 40) % 40_001;
+        let spread = mix(n) % 40_001;
         let time = Duration::from_micros(80_000 + spread);
         let slots = self.slots.clone();
         let (done, finished) = tokio::sync::oneshot::channel();
@@ -99,6 +102,13 @@ impl Service<Request<()>> for Backend {
             Ok(Response::new(http_body_util::Empty::new()))
         })
     }
+}
+
+/// SplitMix64's output function: every bit of `z` affects every bit of the result.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 fn boxed<S, B>(service: S) -> Stack

@@ -90,6 +90,11 @@
 //!   (a concurrency count held in Redis would leak permits whenever an instance
 //!   died mid-request).
 //! - A per-key adaptive limit is forgotten when its key goes idle and is swept.
+//! - [`Vegas`] fed every sample reads a backend's own spread of latencies as
+//!   queueing: its no-load latency is the fastest request ever seen, so against
+//!   a service whose requests take 80 to 120 ms half the samples say the queue is
+//!   over beta and it settles below capacity (79 % goodput in the overload
+//!   example). Under [`Windowed`] it compares window averages and keeps 99 %.
 //! - [`Vegas`] and [`Gradient`] re-measure their baseline on a fixed schedule,
 //!   not the jittered one of their published versions, so their sequences of
 //!   limits are reproducible; instances started together probe together.

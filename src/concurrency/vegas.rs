@@ -27,6 +27,10 @@ use super::algorithm::{LimitAlgorithm, Sample, check_bounds};
 /// Defaults: initial 20, min 1, max 1000, smoothing 1.0, probe every 30 x limit
 /// samples: the rules and defaults of Netflix's `concurrency-limits` library.
 ///
+/// Run it under [`Windowed`](super::Windowed) against a service whose requests
+/// vary in cost: per sample, every request slower than the fastest one seen
+/// looks like queueing, and the limit settles under the service's capacity.
+///
 /// Limitation: the published algorithm randomises the probe interval (x0.5 to
 /// x1) so that a fleet does not probe in step; this one probes exactly every
 /// `probe x limit` samples so its sequence of limits is reproducible.
