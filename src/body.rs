@@ -29,7 +29,11 @@ pin_project! {
     #[derive(Debug)]
     enum Kind<B> {
         Inner { #[pin] body: B },
-        Full { data: Option<Bytes> },
+        // Boxed, and a static variant beside it: a body the layer built is
+        // rare next to passed-through ones, and an inline `Bytes` (32 bytes)
+        // would make every response bigger than the inner one by that much.
+        Full { data: Option<Box<Bytes>> },
+        Static { data: Option<&'static Bytes> },
     }
 }
 
@@ -43,9 +47,18 @@ impl<B> ResponseBody<B> {
 
     /// A complete body of `data` (no frame at all when `data` is empty).
     pub fn full(data: Bytes) -> Self {
-        let data = (!data.is_empty()).then_some(data);
+        let data = (!data.is_empty()).then(|| Box::new(data));
         ResponseBody {
             kind: Kind::Full { data },
+        }
+    }
+
+    /// A complete body of `data`, which lives as long as the program: each
+    /// response clones the handle, no allocation.
+    pub(crate) fn from_static(data: &'static Bytes) -> Self {
+        let data = (!data.is_empty()).then_some(data);
+        ResponseBody {
+            kind: Kind::Static { data },
         }
     }
 
@@ -77,7 +90,10 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
-            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(*d)))),
+            KindProj::Static { data } => {
+                Poll::Ready(data.take().map(|d| Ok(Frame::data(d.clone()))))
+            }
         }
     }
 
@@ -85,6 +101,7 @@ where
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
             Kind::Full { data } => data.is_none(),
+            Kind::Static { data } => data.is_none(),
         }
     }
 
@@ -94,6 +111,7 @@ where
             Kind::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+            Kind::Static { data } => SizeHint::with_exact(data.map_or(0, |d| d.len() as u64)),
         }
     }
 }
@@ -181,6 +199,15 @@ mod tests {
         let body: ResponseBody<Full<Bytes>> = ResponseBody::full(Bytes::new());
         assert!(body.is_end_stream());
         assert_eq!(body.size_hint().exact(), Some(0));
+    }
+
+    #[tokio::test]
+    async fn static_body_yields_its_bytes_once_then_ends() {
+        static DATA: Bytes = Bytes::from_static(b"kept");
+        let body: ResponseBody<Full<Bytes>> = ResponseBody::from_static(&DATA);
+        assert_eq!(body.size_hint().exact(), Some(4));
+        assert!(!body.is_end_stream());
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "kept");
     }
 
     #[tokio::test]

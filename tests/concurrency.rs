@@ -391,6 +391,112 @@ async fn dropping_the_response_body_releases_the_permit() {
     assert_eq!(handle.in_flight(), 0);
 }
 
+#[tokio::test]
+async fn a_response_outliving_its_layer_releases_and_later_layers_count_from_zero() {
+    let (sender, inner) = streaming();
+    let layer = ConcurrencyLimitLayer::new(nz(1));
+    let response = layer.layer(inner).oneshot(get("/")).await.unwrap();
+    // The layer, its service and its gate are gone; the body still holds the
+    // permit, and releases it when it ends.
+    drop(layer);
+    let mut body = response.into_body();
+    sender.send(Bytes::from_static(b"late")).await.unwrap();
+    assert_eq!(
+        body.frame().await.unwrap().unwrap().into_data().unwrap(),
+        "late"
+    );
+    drop(sender);
+    assert!(body.frame().await.is_none());
+    drop(body);
+
+    // New gates (which may reuse the old one's counts) start empty.
+    for _ in 0..3 {
+        let held = Held::new();
+        let layer = ConcurrencyLimitLayer::new(nz(1))
+            .per_key(HeaderKey::new(HeaderName::from_static("x-tenant")))
+            .on_missing_key(MissingKey::Allow);
+        let service = layer.layer(held.service());
+        let tenant = || {
+            Request::get("/")
+                .header("x-tenant", "a")
+                .body(Full::new(Bytes::new()))
+                .unwrap()
+        };
+        let first = tokio::spawn(service.clone().oneshot(tenant()));
+        settle().await;
+        assert_eq!(held.running.load(Ordering::SeqCst), 1);
+        let refused = service.clone().oneshot(tenant()).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        held.release.add_permits(1);
+        assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn a_key_with_a_request_in_flight_keeps_its_limit_while_idle_keys_are_swept() {
+    let (_sender, inner) = streaming();
+    let streaming_once = Arc::new(std::sync::Mutex::new(Some(inner)));
+    // Key "busy" goes to the streaming service, every other key to one that
+    // answers at once.
+    let service = ConcurrencyLimitLayer::new(nz(1))
+        .per_key(HeaderKey::new(HeaderName::from_static("x-tenant")))
+        .layer(tower::service_fn(move |request: Request<Full<Bytes>>| {
+            let busy = request.headers()["x-tenant"] == "busy";
+            let streaming = busy
+                .then(|| streaming_once.lock().unwrap().take())
+                .flatten();
+            async move {
+                match streaming {
+                    Some(mut streaming) => {
+                        let response = streaming.call(request).await?;
+                        Ok::<_, Infallible>(response.map(http_body_util::Either::Left))
+                    }
+                    None => Ok(Response::new(http_body_util::Either::Right(Full::new(
+                        Bytes::new(),
+                    )))),
+                }
+            }
+        }));
+    let tenant = |name: String| {
+        Request::get("/")
+            .header("x-tenant", name)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+
+    // Only the response body holds "busy"'s permit: its gate is referenced by
+    // nothing else once the call has returned.
+    let held_body = service
+        .clone()
+        .oneshot(tenant("busy".into()))
+        .await
+        .unwrap();
+    assert_eq!(held_body.status(), StatusCode::OK);
+    // Enough new keys to sweep the idle ones several times over.
+    for key in 0..5_000 {
+        let response = service
+            .clone()
+            .oneshot(tenant(key.to_string()))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let refused = service
+        .clone()
+        .oneshot(tenant("busy".into()))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    drop(held_body);
+    let admitted = service
+        .clone()
+        .oneshot(tenant("busy".into()))
+        .await
+        .unwrap();
+    assert_eq!(admitted.status(), StatusCode::OK);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_queued_request_times_out_exactly_at_its_deadline_on_the_paused_clock() {
     let held = Held::new();
@@ -536,6 +642,12 @@ async fn a_partition_keeps_its_share_and_borrows_idle_share() {
         assert_eq!(task.await.unwrap().unwrap().status(), StatusCode::OK);
     }
     assert_eq!(handle.in_flight(), 0);
+}
+
+#[test]
+#[should_panic(expected = "at most 255 partitions")]
+fn more_than_255_partitions_are_refused_when_building() {
+    let _ = ConcurrencyLimitLayer::new(nz(10)).partitions(vec![0.001; 256], |_| 0);
 }
 
 #[test]

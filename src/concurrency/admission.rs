@@ -12,8 +12,16 @@
 //! releaser sees the flag and hands its slot on, or the last check sees the
 //! freed slot: a freed slot is never missed by a waiter. A request that finds
 //! others already waiting joins them without taking a slot: every release since
-//! the flag was set hands its slot to the line. The `loom` models at the end
-//! check both on every interleaving
+//! the flag was set hands its slot to the line.
+//!
+//! A permit releases with a compare-and-swap that succeeds only while the flag
+//! is clear, so a release that finds requests waiting gives nothing back on its
+//! own: it still holds its slot, and with it the gate's counts, when it goes to
+//! the gate to hand the slot on. The same word carries [`RETIRED`], set when the
+//! gate is dropped; whichever of the gate's drop and the last release comes
+//! second sees both the flag and an empty count, and it alone hands the counts
+//! back for reuse. The `loom` models at the end check all of it on every
+//! interleaving
 //! (`RUSTFLAGS="--cfg tower_toolbox_loom" cargo test --release --lib admission`).
 
 #[cfg(tower_toolbox_loom)]
@@ -30,8 +38,23 @@ use std::sync::atomic::{
 /// The bit of [`Admission::state`] set while the line is not empty.
 const WAITING: usize = 1 << (usize::BITS - 1);
 
+/// The bit of [`Admission::state`] set once the gate is gone.
+const RETIRED: usize = 1 << (usize::BITS - 2);
+
 /// The bits of [`Admission::state`] that count requests in flight.
-const IN_FLIGHT: usize = !WAITING;
+const IN_FLIGHT: usize = !(WAITING | RETIRED);
+
+/// What a permit's lock-free release found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Released {
+    /// The slot was given back; this many remain in flight.
+    Done(usize),
+    /// The slot was the last one of a retired gate: the counts may be reused.
+    Last,
+    /// Requests wait: nothing was given back, and the slot must be handed on
+    /// under the gate's lock.
+    Waiting,
+}
 
 #[derive(Debug)]
 pub(crate) struct Admission {
@@ -100,11 +123,49 @@ impl Admission {
         (self.state.fetch_add(1, AcqRel) & IN_FLIGHT) + 1
     }
 
-    /// Gives a slot back. Returns whether requests wait, in which case the
-    /// caller must take the lock and hand the slot on.
+    /// Gives a slot back while the gate lives. Returns whether requests wait,
+    /// in which case the caller must take the lock and hand the slot on.
     #[inline]
     pub(crate) fn give_back(&self) -> bool {
         (self.state.fetch_sub(1, AcqRel) & WAITING) != 0
+    }
+
+    /// A permit's release: gives its slot back unless requests wait.
+    #[inline]
+    pub(crate) fn release(&self) -> Released {
+        let mut current = self.state.load(Relaxed);
+        loop {
+            if (current & WAITING) != 0 {
+                return Released::Waiting;
+            }
+            match self
+                .state
+                .compare_exchange_weak(current, current - 1, AcqRel, Relaxed)
+            {
+                Ok(_) if current == RETIRED | 1 => return Released::Last,
+                Ok(_) => return Released::Done((current & IN_FLIGHT) - 1),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// A permit's release once its gate is gone (nobody can wait then).
+    /// Returns whether the counts may be reused.
+    pub(crate) fn release_orphan(&self) -> bool {
+        self.state.fetch_sub(1, AcqRel) == RETIRED | 1
+    }
+
+    /// Marks the gate gone. Returns whether nothing is in flight, in which case
+    /// the counts may be reused at once; otherwise the last release says so.
+    pub(crate) fn retire(&self) -> bool {
+        (self.state.fetch_or(RETIRED, AcqRel) & IN_FLIGHT) == 0
+    }
+
+    /// Counts for a new gate. Only on counts nobody else holds.
+    pub(crate) fn reset(&self, limit: usize) {
+        self.state.store(0, Release);
+        self.limit.store(limit, Release);
+        self.waiting.store(0, Release);
     }
 
     /// Publishes the line's length. Only under the gate's lock, and before the
@@ -144,7 +205,7 @@ impl Admission {
 
 #[cfg(all(test, tower_toolbox_loom))]
 mod tests {
-    use super::Admission;
+    use super::{Admission, Released};
     use loom::sync::{Arc, Mutex};
     use loom::thread;
 
@@ -177,9 +238,13 @@ mod tests {
         false
     }
 
-    /// The releaser's side: give the slot back and, if someone waits, hand a
-    /// slot on under the lock.
+    /// The releaser's side, the way a permit does it: give the slot back
+    /// without a lock unless someone waits; if someone does, give it back and
+    /// hand a slot on under the lock.
     fn release(admission: &Admission, line: &Mutex<Line>) {
+        if admission.release() != Released::Waiting {
+            return;
+        }
         if admission.give_back() {
             let mut line = line.lock().unwrap();
             if line.queued > 0 && admission.try_take().is_some() {
@@ -238,6 +303,34 @@ mod tests {
             assert_eq!(line.granted, 1, "the freed slot did not reach the waiter");
             assert_eq!(line.queued, 1);
             assert_eq!(admission.in_flight(), 1);
+        });
+    }
+
+    #[test]
+    fn exactly_one_of_the_gates_drop_and_the_last_release_reuses_the_counts() {
+        loom::model(|| {
+            let admission = Arc::new(Admission::new(2));
+            assert_eq!(admission.try_take_first(), Some(1));
+            assert_eq!(admission.try_take_first(), Some(2));
+
+            let releasers: Vec<_> = (0..2)
+                .map(|_| {
+                    let admission = admission.clone();
+                    thread::spawn(move || admission.release() == Released::Last)
+                })
+                .collect();
+            let retired_empty = admission.retire();
+            let last = releasers
+                .into_iter()
+                .map(|releaser| releaser.join().unwrap())
+                .filter(|&last| last)
+                .count();
+            assert_eq!(
+                usize::from(retired_empty) + last,
+                1,
+                "the counts must be handed back exactly once"
+            );
+            assert_eq!(admission.in_flight(), 0);
         });
     }
 

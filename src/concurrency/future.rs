@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -32,13 +32,51 @@ use crate::reject::{Rejection, RequestHead, Responder};
 pub(crate) struct Refuse {
     responder: Responder,
     retry_after: Option<Duration>,
-    prebuilt: Option<Arc<Prebuilt>>,
+    prebuilt: Option<&'static Prebuilt>,
 }
 
 #[derive(Debug)]
 struct Prebuilt {
     http: [Response<Bytes>; 4],
     grpc: [Response<Bytes>; 4],
+}
+
+/// A refusal as a future holds it until polled: a reference to a prebuilt
+/// response, or a response built for this request.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    Prebuilt(&'static Response<Bytes>),
+    Built(Box<Response<Bytes>>),
+}
+
+impl Prebuilt {
+    fn same_as(&self, other: &Prebuilt) -> bool {
+        let same = |a: &Response<Bytes>, b: &Response<Bytes>| {
+            a.status() == b.status()
+                && a.version() == b.version()
+                && a.headers() == b.headers()
+                && a.body() == b.body()
+        };
+        let pairs = self.http.iter().zip(&other.http);
+        pairs
+            .chain(self.grpc.iter().zip(&other.grpc))
+            .all(|(a, b)| same(a, b))
+    }
+}
+
+impl Answer {
+    fn into_response<B>(self) -> Response<ResponseBody<B>> {
+        match self {
+            Answer::Prebuilt(prebuilt) => {
+                let mut response = Response::new(ResponseBody::from_static(prebuilt.body()));
+                *response.status_mut() = prebuilt.status();
+                *response.version_mut() = prebuilt.version();
+                *response.headers_mut() = prebuilt.headers().clone();
+                response
+            }
+            Answer::Built(response) => response.map(ResponseBody::full),
+        }
+    }
 }
 
 const GRPC: &str = "application/grpc";
@@ -76,7 +114,7 @@ impl Refuse {
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static(GRPC),
             );
-            Arc::new(Prebuilt {
+            intern_prebuilt(Prebuilt {
                 http: build(Request::new(())).map(into_static),
                 grpc: build(grpc).map(into_static),
             })
@@ -96,29 +134,44 @@ impl Refuse {
         self.retry_after
     }
 
-    pub(crate) fn respond(&self, refusal: Refusal, head: &RequestHead<'_>) -> Response<Bytes> {
+    /// The answer to `head` refused for `refusal`.
+    pub(crate) fn answer(&self, refusal: Refusal, head: &RequestHead<'_>) -> Answer {
         tracing::debug!(
             method = %head.method,
             path = head.uri.path(),
             reason = ?refusal,
             "request refused"
         );
-        if let Some(prebuilt) = &self.prebuilt {
+        if let Some(prebuilt) = self.prebuilt {
             let index = REFUSALS.iter().position(|r| *r == refusal).unwrap_or(0);
             if !head.is_grpc() {
-                return prebuilt.http[index].clone();
+                return Answer::Prebuilt(&prebuilt.http[index]);
             }
             if head
                 .headers
                 .get(http::header::CONTENT_TYPE)
                 .is_some_and(|ct| ct == GRPC)
             {
-                return prebuilt.grpc[index].clone();
+                return Answer::Prebuilt(&prebuilt.grpc[index]);
             }
         }
-        self.responder
-            .respond(&rejection(refusal, self.retry_after), head)
+        Answer::Built(Box::new(
+            self.responder
+                .respond(&rejection(refusal, self.retry_after), head),
+        ))
     }
+}
+
+/// `prebuilt`, kept for the rest of the process, once per distinct content.
+fn intern_prebuilt(prebuilt: Prebuilt) -> &'static Prebuilt {
+    static INTERNED: Mutex<Vec<&'static Prebuilt>> = Mutex::new(Vec::new());
+    let mut interned = INTERNED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(kept) = interned.iter().find(|kept| kept.same_as(&prebuilt)) {
+        return kept;
+    }
+    let kept: &'static Prebuilt = Box::leak(Box::new(prebuilt));
+    interned.push(kept);
+    kept
 }
 
 /// `response` with its body and headers moved to static bytes, whose clones
@@ -189,7 +242,7 @@ pin_project! {
             waiting: Pin<Box<Waiting<S, B, C>>>,
         },
         Ready {
-            response: Option<Response<Bytes>>,
+            answer: Option<Answer>,
         },
     }
 }
@@ -231,10 +284,10 @@ where
         }
     }
 
-    pub(crate) fn ready(response: Response<Bytes>) -> Self {
+    pub(crate) fn ready(answer: Answer) -> Self {
         ResponseFuture {
             state: State::Ready {
-                response: Some(response),
+                answer: Some(answer),
             },
         }
     }
@@ -289,11 +342,11 @@ where
         loop {
             let next = match self.as_mut().project().state.project() {
                 StateProj::Called { .. } => return self.poll(cx),
-                StateProj::Ready { response } => {
-                    let response = response
+                StateProj::Ready { answer } => {
+                    let answer = answer
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                    return Poll::Ready(Ok(answer.into_response()));
                 }
                 StateProj::Waiting { waiting } => {
                     let waiting = waiting.as_mut().project();
@@ -309,8 +362,8 @@ where
                         Err(refusal) => {
                             let request = waiting.request.as_ref().expect("request still held");
                             State::Ready {
-                                response: Some(
-                                    waiting.refuse.respond(refusal, &RequestHead::of(request)),
+                                answer: Some(
+                                    waiting.refuse.answer(refusal, &RequestHead::of(request)),
                                 ),
                             }
                         }
@@ -403,13 +456,36 @@ mod tests {
         for request in [Request::new(()), grpc] {
             let head = RequestHead::of(&request);
             for refusal in REFUSALS {
-                let prebuilt = refuse.respond(refusal, &head);
+                let Answer::Prebuilt(prebuilt) = refuse.answer(refusal, &head) else {
+                    panic!("the standard responder's refusals are prebuilt");
+                };
                 let built = responder.respond(&rejection(refusal, retry_after), &head);
                 assert_eq!(prebuilt.status(), built.status());
                 assert_eq!(prebuilt.headers(), built.headers());
                 assert_eq!(prebuilt.body(), built.body());
             }
+            // A second layer with the same settings shares the same responses.
+            let again = Refuse::new(responder.clone(), retry_after);
+            assert!(std::ptr::eq(
+                again.prebuilt.expect("prebuilt"),
+                refuse.prebuilt.expect("prebuilt")
+            ));
         }
+    }
+
+    #[test]
+    fn a_permit_and_the_bodies_around_it_stay_within_a_register_pair() {
+        // Futures and responses of up to 128 bytes move inline; these sizes
+        // keep a limited response as large as an unlimited one plus 16 bytes.
+        use std::mem::size_of;
+        assert_eq!(size_of::<Permit>(), 16);
+        assert_eq!(size_of::<Option<Permit>>(), 16);
+        type Body = http_body_util::Empty<Bytes>;
+        assert_eq!(size_of::<ResponseBody<PermitBody<Body>>>(), 16);
+        assert_eq!(
+            size_of::<Response<ResponseBody<PermitBody<Body>>>>(),
+            size_of::<Response<Body>>() + 16
+        );
     }
 
     #[test]

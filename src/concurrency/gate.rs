@@ -8,14 +8,14 @@
 //! lock for every admission and release, since shares are counted under it.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::Waker;
 use std::time::Duration;
 
 use super::admission::Admission;
 use super::algorithm::{LimitAlgorithm, Outcome, Sample};
 pub(crate) use super::metrics::Metrics;
-use super::permit::Slots;
+use super::permit::{Core, Slots};
 pub(crate) use super::permit::{Permit, Wait};
 use crate::clock::{Clock, Timestamp};
 
@@ -60,7 +60,7 @@ pub(crate) struct GateConfig {
 }
 
 pub(crate) struct Gate<A, C> {
-    admission: Admission,
+    core: &'static Core,
     partitioned: bool,
     /// Whether the gate has a waiting line at all (a capacity above zero).
     queues: bool,
@@ -119,7 +119,7 @@ where
     A: LimitAlgorithm,
     C: Clock,
 {
-    pub(crate) fn new(algorithm: A, clock: C, config: &GateConfig, metrics: Metrics) -> Self {
+    pub(crate) fn new(algorithm: A, clock: C, config: &GateConfig, metrics: Metrics) -> Arc<Self> {
         let limit = algorithm.initial_limit().get();
         let adaptive = algorithm.is_adaptive();
         metrics.limit.set(limit as f64);
@@ -145,15 +145,21 @@ where
             decided: Vec::new(),
         };
         state.resize_partitions(limit);
-        Gate {
-            admission: Admission::new(limit),
-            partitioned: !config.shares.is_empty(),
-            queues: config.capacity > 0,
-            state: Mutex::new(state),
-            clock,
-            adaptive,
-            metrics,
-        }
+        let gauge = metrics.has_gauges().then(|| metrics.in_flight.clone());
+        let core = Core::lease(limit, gauge);
+        Arc::new_cyclic(|gate: &Weak<Self>| {
+            let slots: Weak<dyn Slots> = gate.clone();
+            core.attach(slots);
+            Gate {
+                core,
+                partitioned: !config.shares.is_empty(),
+                queues: config.capacity > 0,
+                state: Mutex::new(state),
+                clock,
+                adaptive,
+                metrics,
+            }
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State<A>> {
@@ -181,7 +187,7 @@ where
         if self.partitioned {
             return None;
         }
-        let in_flight = self.admission.try_take_first()?;
+        let in_flight = self.core.admission.try_take_first()?;
         self.metrics.in_flight.set(in_flight as f64);
         Some(self.permit(partition, in_flight))
     }
@@ -220,7 +226,7 @@ where
     #[inline(never)]
     pub(crate) fn acquire_locked(self: &Arc<Self>, partition: usize, class: usize) -> Acquire<C> {
         let mut state = self.lock();
-        let admission = &self.admission;
+        let admission = &self.core.admission;
         // Waiters go first: a request that finds others in line joins them, even
         // if a slot was freed just now, since its releaser is about to hand that
         // slot to the line. (With partitions the line may hold only requests of
@@ -305,29 +311,27 @@ where
         })
     }
 
-    fn permit(self: &Arc<Self>, partition: usize, in_flight: usize) -> Permit {
-        let gate: Arc<dyn Slots> = self.clone();
-        if self.adaptive {
-            Permit::sampled(gate, partition, self.clock.now(), in_flight)
-        } else {
-            // A fixed limit learns nothing: no sample to record.
-            Permit::unsampled(gate, partition)
-        }
+    #[inline]
+    fn permit(&self, partition: usize, in_flight: usize) -> Permit {
+        let partition = self.partitioned.then_some(partition);
+        // A fixed limit learns nothing: no sample to record.
+        let sampled = self.adaptive.then(|| (self.clock.now(), in_flight));
+        Permit::new(self.core, partition, sampled)
     }
 
     /// The current limit.
     pub(crate) fn limit(&self) -> usize {
-        self.admission.limit()
+        self.core.admission.limit()
     }
 
     /// Requests holding a permit.
     pub(crate) fn in_flight(&self) -> usize {
-        self.admission.in_flight()
+        self.core.admission.in_flight()
     }
 
     /// Requests waiting in line.
     pub(crate) fn queued(&self) -> usize {
-        self.admission.waiting()
+        self.core.admission.waiting()
     }
 
     /// Hands freed slots to waiters, then wakes them outside the lock.
@@ -337,7 +341,7 @@ where
             _ => self.clock.now(),
         };
         let mut wake = Vec::new();
-        let shed = state.dispatch(&self.admission, now, &mut wake);
+        let shed = state.dispatch(&self.core.admission, now, &mut wake);
         let queued = state.line.len;
         drop(state);
 
@@ -518,46 +522,43 @@ where
         if self.partitioned {
             let mut state = self.lock();
             state.release_share(partition);
-            self.admission.give_back();
+            self.core.admission.give_back();
             self.settle(state);
-        } else if self.admission.give_back() {
+        } else if self.core.admission.give_back() {
             self.settle(self.lock());
         }
         self.metrics
             .in_flight
-            .set(self.admission.in_flight() as f64);
+            .set(self.core.admission.in_flight() as f64);
     }
 
-    fn record(&self, started: Timestamp, in_flight: usize, outcome: Outcome) {
+    fn record(&self, started: u32, in_flight: usize, outcome: Outcome) {
         if !self.adaptive {
             return;
         }
         let at = self.clock.now();
+        let rtt = super::permit::micros(at).wrapping_sub(started);
         let sample = Sample {
             at,
-            rtt: at.saturating_duration_since(started),
+            rtt: Duration::from_micros(u64::from(rtt)),
             in_flight,
             outcome,
         };
         let mut state = self.lock();
         let limit = state.algorithm.update(&sample).get();
-        let old = self.admission.limit();
+        let old = self.core.admission.limit();
         if limit == old {
             return;
         }
         tracing::debug!(from = old, to = limit, "concurrency limit changed");
-        self.admission.set_limit(limit);
+        self.core.admission.set_limit(limit);
         state.resize_partitions(limit);
         self.metrics.limit.set(limit as f64);
         self.settle(state);
     }
 
-    fn stamp(&self) -> Timestamp {
-        if self.adaptive {
-            self.clock.now()
-        } else {
-            Timestamp::ZERO
-        }
+    fn permit(&self, partition: usize, in_flight: usize) -> Permit {
+        Gate::permit(self, partition, in_flight)
     }
 
     fn poll_decision(&self, id: u64, waker: &Waker) -> Option<Decision> {
@@ -585,7 +586,7 @@ where
         if let Some(decision) = state.take_decision(id) {
             return Some(decision);
         }
-        if state.remove_waiter(&self.admission, id) {
+        if state.remove_waiter(&self.core.admission, id) {
             let queued = state.line.len;
             drop(state);
             self.metrics.queued.set(queued as f64);
@@ -600,14 +601,20 @@ where
             // Granted but never used: pass the permit on.
             Some(Decision::Admitted { .. }) => {
                 state.release_share(partition);
-                self.admission.give_back();
+                self.core.admission.give_back();
                 self.settle(state);
             }
             Some(Decision::Shed) => {}
             None => {
-                state.remove_waiter(&self.admission, id);
+                state.remove_waiter(&self.core.admission, id);
             }
         }
+    }
+}
+
+impl<A, C> Drop for Gate<A, C> {
+    fn drop(&mut self) {
+        self.core.retire();
     }
 }
 

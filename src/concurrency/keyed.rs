@@ -47,14 +47,7 @@ where
         let gate = self
             .gates
             .entry(key)
-            .or_insert_with(|| {
-                Arc::new(Gate::new(
-                    algorithm.clone(),
-                    clock.clone(),
-                    config,
-                    metrics.clone(),
-                ))
-            })
+            .or_insert_with(|| Gate::new(algorithm.clone(), clock.clone(), config, metrics.clone()))
             .clone();
         self.sweep_if_large();
         gate
@@ -69,7 +62,11 @@ where
         if len < self.sweep_at.load(Ordering::Relaxed) {
             return;
         }
-        self.gates.retain(|_, gate| Arc::strong_count(gate) > 1);
+        // Permits do not hold their gate: a gate with requests in flight is kept
+        // as well. Nobody can take a permit from a gate only the map holds, so
+        // under the shard's lock the check cannot go stale.
+        self.gates
+            .retain(|_, gate| Arc::strong_count(gate) > 1 || gate.in_flight() > 0);
         let kept = self.gates.len();
         self.sweep_at
             .store((kept * 2).max(SWEEP_FLOOR), Ordering::Relaxed);

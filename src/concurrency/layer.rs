@@ -124,12 +124,18 @@ impl<A, K, C> ConcurrencyLimitLayer<A, K, C> {
     ///
     /// # Panics
     ///
-    /// If a share is not in (0, 1] or the shares add up to more than 1.
+    /// If there are more than 255 shares, a share is not in (0, 1] or the
+    /// shares add up to more than 1.
     pub fn partitions<F>(mut self, shares: impl IntoIterator<Item = f64>, classify: F) -> Self
     where
         F: Fn(&RequestHead<'_>) -> usize + Send + Sync + 'static,
     {
         let shares: Vec<f64> = shares.into_iter().collect();
+        assert!(
+            shares.len() <= 255,
+            "a limit has at most 255 partitions, got {}",
+            shares.len()
+        );
         for &share in &shares {
             assert!(
                 share > 0.0 && share <= 1.0,
@@ -206,12 +212,12 @@ where
     fn global_gate(&self) -> Arc<Gate<A, C>> {
         self.gate
             .get_or_init(|| {
-                Arc::new(Gate::new(
+                Gate::new(
                     self.algorithm.clone(),
                     self.clock.clone(),
                     &self.config,
                     Metrics::register("concurrency", self.name),
-                ))
+                )
             })
             .clone()
     }

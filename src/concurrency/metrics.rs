@@ -17,6 +17,8 @@ pub(crate) struct Metrics {
     /// `tower_toolbox_shed_total`: waiters dropped from the line, by CoDel or to
     /// make room for a higher priority.
     pub(crate) shed: Counter,
+    /// Whether the gauges were registered (a global gate) rather than no-ops.
+    gauges: bool,
 }
 
 impl Metrics {
@@ -28,6 +30,7 @@ impl Metrics {
             queued: metrics::gauge!("tower_toolbox_concurrency_queued", "layer" => layer, "name" => name),
             rejected: metrics::counter!("tower_toolbox_concurrency_rejected_total", "layer" => layer, "name" => name),
             shed: metrics::counter!("tower_toolbox_shed_total", "layer" => layer, "name" => name),
+            gauges: true,
         }
     }
 
@@ -41,6 +44,7 @@ impl Metrics {
             queued: Gauge::noop(),
             rejected: metrics::counter!("tower_toolbox_concurrency_rejected_total", "layer" => layer, "name" => name),
             shed: metrics::counter!("tower_toolbox_shed_total", "layer" => layer, "name" => name),
+            gauges: false,
         }
     }
 
@@ -52,6 +56,12 @@ impl Metrics {
             queued: Gauge::noop(),
             rejected: Counter::noop(),
             shed: Counter::noop(),
+            gauges: false,
         }
+    }
+
+    /// Whether the gauges report anything.
+    pub(crate) fn has_gauges(&self) -> bool {
+        self.gauges
     }
 }

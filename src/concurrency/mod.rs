@@ -81,7 +81,8 @@
 //! The layer only counts requests; the one thing it reads from a per-key request
 //! is its key, and a request without one gets the extractor's problem+json
 //! (400 for a missing header) before it reaches the service. Invalid settings
-//! (bounds the wrong way round, shares outside (0, 1] or adding up past 1) panic
+//! (bounds the wrong way round, shares outside (0, 1] or adding up past 1, more
+//! than 255 partitions) panic
 //! when the layer is built, with a message naming the setting.
 //!
 //! # Limitations
@@ -98,6 +99,15 @@
 //! - [`Vegas`] and [`Gradient`] re-measure their baseline on a fixed schedule,
 //!   not the jittered one of their published versions, so their sequences of
 //!   limits are reproducible; instances started together probe together.
+//! - A gate's counts live in a 72-byte block that responses point at without
+//!   reference counting, which is never returned to the allocator: once a gate
+//!   is dropped and its last response released, the next gate reuses it. A
+//!   process holds as many as the most gates it had at once (one per key with
+//!   requests in flight, for a per-key limit), plus one for every global limit
+//!   it ever built.
+//! - Adaptive limits time requests in whole microseconds, wrapping after 71
+//!   minutes (a longer request is sampled as its length modulo that), and see
+//!   at most 65,535 requests in flight per sample.
 //! - The standard refusals are built once and kept for the life of the process
 //!   (so a refusal costs no reference counting on shared memory): about two
 //!   kilobytes for each distinct `Retry-After` and problem type base a program

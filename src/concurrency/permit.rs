@@ -1,69 +1,183 @@
 //! What a request holds: a permit while it is in flight, or its place in line.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 
+use metrics::Gauge;
+
+use super::admission::{Admission, Released};
 use super::algorithm::Outcome;
 use super::gate::{Decision, Refusal};
 use crate::clock::{Clock, Timestamp};
 
-/// The type-erased face of a gate that permits and waiters hold, so their types
-/// do not carry the algorithm and the clock.
+/// The type-erased face of a gate, for what its permits and waiters need from
+/// it beyond the counts: handing slots on, samples, the line.
 pub(super) trait Slots: Send + Sync {
+    /// Gives back a slot of `partition` under the gate's lock, handing it on to
+    /// a waiter if one may take it.
     fn release(&self, partition: usize);
-    fn record(&self, started: Timestamp, in_flight: usize, outcome: Outcome);
-    fn stamp(&self) -> Timestamp;
+    fn record(&self, started: u32, in_flight: usize, outcome: Outcome);
+    /// The permit of a waiter admitted with `in_flight` in flight.
+    fn permit(&self, partition: usize, in_flight: usize) -> Permit;
     fn poll_decision(&self, id: u64, waker: &Waker) -> Option<Decision>;
     fn expire(&self, id: u64) -> Option<Decision>;
     fn abandon(&self, id: u64, partition: usize);
 }
 
-/// The right to have one request in flight; released when dropped.
+/// The part of a gate its permits point at: the counts, the in-flight gauge,
+/// and the way back to the gate.
 ///
-/// Kept to 32 bytes, since it travels inside every response future and body:
-/// the counts are stored as `u32`, saturating (no process has four billion
-/// requests in flight, and a partition index past `u32::MAX` names no share,
-/// as the original index would not either).
-pub(crate) struct Permit {
-    gate: Arc<dyn Slots>,
-    started: Timestamp,
-    /// Requests in flight when this one was admitted, for its sample; zero once
-    /// the outcome was recorded, or when none needs recording (a fixed limit).
-    in_flight: u32,
-    partition: u32,
+/// A permit releases on the path of every request, so it holds a plain
+/// `&'static Core` rather than a reference-counted pointer: no count to raise
+/// on admission nor to lower on release. Cores are allocated once and never
+/// freed. When a gate is dropped and its last permit released (see
+/// [`Admission::retire`]), its core goes on a spare list that later gates take
+/// from, so the number of cores a process holds is the most gates it ever had
+/// at once, plus one for each limit built with gauges (see [`Core::lease`]).
+pub(crate) struct Core {
+    pub(super) admission: Admission,
+    /// Whether `in_flight` reports: its gauge is fixed for the core's life, so a
+    /// core taken from the spare list reports nothing.
+    gauged: AtomicBool,
+    in_flight: Gauge,
+    /// The gate, for releases that find waiters and for samples; `None` once
+    /// the gate is dropped.
+    gate: Mutex<Option<Weak<dyn Slots>>>,
 }
 
-/// `n` as a `u32`, saturating.
-fn narrow(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
-}
+/// Cores of dropped gates whose permits were all released.
+static SPARE: Mutex<Vec<&'static Core>> = Mutex::new(Vec::new());
 
-impl Permit {
-    /// A permit of `partition` whose outcome is not recorded (a fixed limit).
-    #[inline]
-    pub(super) fn unsampled(gate: Arc<dyn Slots>, partition: usize) -> Self {
-        Permit {
-            gate,
-            started: Timestamp::ZERO,
-            in_flight: 0,
-            partition: narrow(partition),
+impl Core {
+    /// A core for a new gate with `limit`. A gate that reports its in-flight
+    /// count gets a new core carrying `gauge`; the others reuse a spare one.
+    pub(super) fn lease(limit: usize, gauge: Option<Gauge>) -> &'static Core {
+        let core = match gauge {
+            Some(gauge) => Core::leak(limit, gauge, true),
+            None => {
+                let spare = SPARE.lock().unwrap_or_else(PoisonError::into_inner).pop();
+                spare.unwrap_or_else(|| Core::leak(limit, Gauge::noop(), false))
+            }
+        };
+        core.admission.reset(limit);
+        core
+    }
+
+    fn leak(limit: usize, in_flight: Gauge, gauged: bool) -> &'static Core {
+        Box::leak(Box::new(Core {
+            admission: Admission::new(limit),
+            gauged: AtomicBool::new(gauged),
+            in_flight,
+            gate: Mutex::new(None),
+        }))
+    }
+
+    /// Points the core at its gate, once the gate exists.
+    pub(super) fn attach(&self, gate: Weak<dyn Slots>) {
+        *self.gate.lock().unwrap_or_else(PoisonError::into_inner) = Some(gate);
+    }
+
+    /// The gate is being dropped: the core goes spare now if nothing is in
+    /// flight, or with its last release.
+    pub(super) fn retire(&'static self) {
+        *self.gate.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        if self.admission.retire() {
+            self.recycle();
         }
     }
 
-    /// A permit of `partition` whose outcome is recorded: admitted at `started`
-    /// with `in_flight` requests in flight, this one included.
+    fn recycle(&'static self) {
+        self.gauged.store(false, Ordering::Relaxed);
+        SPARE
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(self);
+        tracing::trace!("concurrency gate counts kept for reuse");
+    }
+
+    /// The gate, if it is still there.
+    fn gate(&self) -> Option<Arc<dyn Slots>> {
+        let gate = self.gate.lock().unwrap_or_else(PoisonError::into_inner);
+        gate.as_ref().and_then(Weak::upgrade)
+    }
+
     #[inline]
-    pub(super) fn sampled(
-        gate: Arc<dyn Slots>,
-        partition: usize,
-        started: Timestamp,
-        in_flight: usize,
+    pub(super) fn report_in_flight(&self, in_flight: usize) {
+        if self.gauged.load(Ordering::Relaxed) {
+            self.in_flight.set(in_flight as f64);
+        }
+    }
+}
+
+/// How a permit is released and whether its outcome is still to be recorded.
+///
+/// A one-byte enum rather than flags, so that enums around a permit (an
+/// `Option`, the response body) find their tag in its unused values and stay
+/// the permit's size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Mode {
+    /// A fixed limit: nothing to record.
+    Plain,
+    /// An adaptive limit whose sample is still to be taken.
+    Sampled,
+    /// A partitioned gate (shares are counted under its lock), nothing to record.
+    Partitioned,
+    /// Both.
+    SampledPartitioned,
+}
+
+/// The right to have one request in flight; released when dropped.
+///
+/// Kept to 16 bytes, since it travels inside every response future and body,
+/// and futures and responses up to 128 bytes move without a call to `memcpy`:
+/// the admission time is kept as wrapping microseconds (a request longer than
+/// 71 minutes is sampled as its length modulo that), the in-flight count
+/// saturates at 65,535 and the partition index at 255 (which names no share:
+/// a limit has at most 255).
+pub(crate) struct Permit {
+    core: &'static Core,
+    started: u32,
+    in_flight: u16,
+    partition: u8,
+    mode: Mode,
+}
+
+/// Wrapping microseconds of `at`, as a permit keeps them.
+pub(super) fn micros(at: Timestamp) -> u32 {
+    (at.as_nanos() / 1_000) as u32
+}
+
+impl Permit {
+    /// A permit of `partition`, admitted at `started` with `in_flight` requests
+    /// in flight (this one included); `sampled` if its outcome is to be
+    /// recorded.
+    #[inline]
+    pub(super) fn new(
+        core: &'static Core,
+        partition: Option<usize>,
+        sampled: Option<(Timestamp, usize)>,
     ) -> Self {
+        let (started, in_flight) = match sampled {
+            Some((started, in_flight)) => (
+                micros(started),
+                u16::try_from(in_flight).unwrap_or(u16::MAX).max(1),
+            ),
+            None => (0, 0),
+        };
+        let mode = match (partition.is_some(), sampled.is_some()) {
+            (false, false) => Mode::Plain,
+            (false, true) => Mode::Sampled,
+            (true, false) => Mode::Partitioned,
+            (true, true) => Mode::SampledPartitioned,
+        };
         Permit {
-            gate,
+            core,
             started,
-            in_flight: narrow(in_flight).max(1),
-            partition: narrow(partition),
+            in_flight,
+            partition: partition.map_or(0, |p| u8::try_from(p).unwrap_or(u8::MAX)),
+            mode,
         }
     }
 
@@ -71,9 +185,35 @@ impl Permit {
     /// nothing).
     #[inline]
     pub(crate) fn record(&mut self, outcome: Outcome) {
-        if self.in_flight != 0 {
-            let in_flight = std::mem::take(&mut self.in_flight);
-            self.gate.record(self.started, in_flight as usize, outcome);
+        let next = match self.mode {
+            Mode::Sampled => Mode::Plain,
+            Mode::SampledPartitioned => Mode::Partitioned,
+            Mode::Plain | Mode::Partitioned => return,
+        };
+        self.mode = next;
+        self.record_slow(outcome);
+    }
+
+    #[inline(never)]
+    fn record_slow(&self, outcome: Outcome) {
+        if let Some(gate) = self.core.gate() {
+            gate.record(self.started, usize::from(self.in_flight), outcome);
+        }
+    }
+
+    /// A release that must go through the gate: requests wait, or the gate
+    /// counts partition shares.
+    #[cold]
+    #[inline(never)]
+    fn release_slow(&self) {
+        match self.core.gate() {
+            Some(gate) => gate.release(usize::from(self.partition)),
+            // Without its gate nobody waits for the slot.
+            None => {
+                if self.core.admission.release_orphan() {
+                    self.core.recycle();
+                }
+            }
         }
     }
 }
@@ -81,7 +221,14 @@ impl Permit {
 impl Drop for Permit {
     #[inline]
     fn drop(&mut self) {
-        self.gate.release(self.partition as usize);
+        if matches!(self.mode, Mode::Partitioned | Mode::SampledPartitioned) {
+            return self.release_slow();
+        }
+        match self.core.admission.release() {
+            Released::Done(in_flight) => self.core.report_in_flight(in_flight),
+            Released::Last => self.core.recycle(),
+            Released::Waiting => self.release_slow(),
+        }
     }
 }
 
@@ -90,6 +237,7 @@ impl std::fmt::Debug for Permit {
         f.debug_struct("Permit")
             .field("partition", &self.partition)
             .field("in_flight", &self.in_flight)
+            .field("mode", &self.mode)
             .finish()
     }
 }
@@ -143,10 +291,7 @@ impl<C: Clock> Wait<C> {
 
         let gate = this.gate.take().expect("checked above");
         Poll::Ready(match decision {
-            Decision::Admitted { in_flight } => {
-                let started = gate.stamp();
-                Ok(Permit::sampled(gate, *this.partition, started, in_flight))
-            }
+            Decision::Admitted { in_flight } => Ok(gate.permit(*this.partition, in_flight)),
             Decision::Shed => Err(Refusal::Shed),
         })
     }

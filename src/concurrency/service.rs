@@ -10,7 +10,7 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::algorithm::LimitAlgorithm;
-use super::future::{PermitBody, Refuse, ResponseFuture};
+use super::future::{Answer, PermitBody, Refuse, ResponseFuture};
 use super::gate::{Acquire, Gate, GateConfig, Metrics, Refusal};
 use super::keyed::KeyedGates;
 use super::layer::Classify;
@@ -135,7 +135,7 @@ impl<S, A, K, C> ConcurrencyLimit<S, A, K, C> {
             return ResponseFuture::ready(
                 self.shared
                     .refuse
-                    .respond(Refusal::Full, &RequestHead::of(&request)),
+                    .answer(Refusal::Full, &RequestHead::of(&request)),
             );
         }
         let acquired = gate.acquire_locked(0, NORMAL);
@@ -174,12 +174,12 @@ impl<S, A, K, C> ConcurrencyLimit<S, A, K, C> {
                         MissingKey::Allow => ResponseFuture::called(self.inner.call(request), None),
                         MissingKey::Reject => {
                             let rejection = shared.extractor.missing();
-                            ResponseFuture::ready(
+                            ResponseFuture::ready(Answer::Built(Box::new(
                                 shared
                                     .refuse
                                     .responder()
                                     .respond(&rejection, &RequestHead::of(&request)),
-                            )
+                            )))
                         }
                     };
                 }
@@ -216,7 +216,7 @@ impl<S, A, K, C> ConcurrencyLimit<S, A, K, C> {
             Acquire::Refused(refusal) => ResponseFuture::ready(
                 self.shared
                     .refuse
-                    .respond(refusal, &RequestHead::of(&request)),
+                    .answer(refusal, &RequestHead::of(&request)),
             ),
         }
     }

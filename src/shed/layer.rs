@@ -152,12 +152,12 @@ where
     fn shared_gate(&self) -> Arc<Gate<A, C>> {
         self.gate
             .get_or_init(|| {
-                Arc::new(Gate::new(
+                Gate::new(
                     self.algorithm.clone(),
                     self.clock.clone(),
                     &self.config,
                     Metrics::register("shed", self.name),
-                ))
+                )
             })
             .clone()
     }

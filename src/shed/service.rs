@@ -106,7 +106,7 @@ where
                 ResponseFuture::waiting(wait, service, request, self.shared.refuse.clone())
             }
             Acquire::Refused(refusal) => {
-                ResponseFuture::ready(shared.refuse.respond(refusal, &RequestHead::of(&request)))
+                ResponseFuture::ready(shared.refuse.answer(refusal, &RequestHead::of(&request)))
             }
         }
     }
