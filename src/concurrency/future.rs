@@ -67,13 +67,11 @@ impl Prebuilt {
 impl Answer {
     fn into_response<B>(self) -> Response<ResponseBody<B>> {
         match self {
-            Answer::Prebuilt(prebuilt) => {
-                let mut response = Response::new(ResponseBody::from_static(prebuilt.body()));
-                *response.status_mut() = prebuilt.status();
-                *response.version_mut() = prebuilt.version();
-                *response.headers_mut() = prebuilt.headers().clone();
-                response
-            }
+            // The clone's body is a static handle: cloning and dropping it
+            // touches no count, and the body handed out is the kept one.
+            Answer::Prebuilt(prebuilt) => prebuilt
+                .clone()
+                .map(|_| ResponseBody::from_static(prebuilt.body())),
             Answer::Built(response) => response.map(ResponseBody::full),
         }
     }

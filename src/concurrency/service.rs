@@ -113,6 +113,8 @@ where
                         tracing::trace!(partition = 0, "request admitted");
                         ResponseFuture::called(self.inner.call(request), Some(permit))
                     }
+                    // Refused by reference: the request is not moved again.
+                    None if gate.refuses_at_once() => self.refuse_full(&request),
                     None => self.call_contended(request),
                 };
             }
@@ -122,7 +124,19 @@ where
 }
 
 impl<S, A, K, C> ConcurrencyLimit<S, A, K, C> {
-    /// A request to one gate without partitions that found no room at once.
+    /// The refusal of a request to a full gate without a line.
+    #[inline(never)]
+    fn refuse_full<B>(&self, request: &Request<B>) -> ResponseFuture<S, B, C>
+    where
+        S: Service<Request<B>>,
+        C: Clock,
+    {
+        let head = RequestHead::of(request);
+        ResponseFuture::ready(self.shared.refuse.answer(Refusal::Full, &head))
+    }
+
+    /// A request to one gate without partitions that found no room at once,
+    /// and may wait in its line.
     #[inline(never)]
     fn call_contended<B, ResBody>(&mut self, request: Request<B>) -> ResponseFuture<S, B, C>
     where
@@ -131,13 +145,6 @@ impl<S, A, K, C> ConcurrencyLimit<S, A, K, C> {
         C: Clock,
     {
         let gate = self.shared.gate.as_ref().expect("checked by the caller");
-        if gate.refuses_at_once() {
-            return ResponseFuture::ready(
-                self.shared
-                    .refuse
-                    .answer(Refusal::Full, &RequestHead::of(&request)),
-            );
-        }
         let acquired = gate.acquire_locked(0, NORMAL);
         self.admit(acquired, 0, request)
     }
