@@ -209,6 +209,56 @@ async fn a_standing_queue_sheds_stale_waiters_and_serves_the_newest_first() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_full_line_refuses_newcomers_until_it_has_stood_past_the_interval_then_sheds_for_them() {
+    let held = Held::default();
+    let (service, handle) = shed(one_at_a_time().capacity(nz(2)), &held);
+    let first = send(&service, "/first");
+    settle().await;
+    let a = send(&service, "/a"); // 0 ms: the line is busy from here on
+    settle().await;
+    advance(60).await;
+    let b = send(&service, "/b"); // 60 ms: the line is full
+    settle().await;
+    advance(10).await;
+    held.release.add_permits(1); // 70 ms: `/first` ends, `/a` starts
+    settle().await;
+    advance(10).await;
+    let c = send(&service, "/c"); // 80 ms: full again, and still busy since 0 ms
+    settle().await;
+
+    // 90 ms: within the interval a full line refuses, whatever the waiters' age.
+    advance(10).await;
+    let refused = read(service.clone().oneshot(get("/early")).await.unwrap()).await;
+    assert_eq!(
+        detail(refused),
+        "the service is at its concurrency limit and its queue is full"
+    );
+    assert_eq!(handle.queued(), 2);
+
+    // 101 ms: the line has stood past the interval; a newcomer sheds the
+    // waiters past the target (`/b`, 41 ms; `/c`, 21 ms) and takes a place.
+    advance(11).await;
+    let late = send(&service, "/late");
+    settle().await;
+    for shed in [b, c] {
+        assert_eq!(
+            detail(shed.await.unwrap()),
+            "the request was shed to keep the service's latency down"
+        );
+    }
+    assert_eq!(handle.queued(), 1);
+
+    held.release.add_permits(2);
+    settle().await;
+    for task in [first, a, late] {
+        assert_eq!(task.await.unwrap().status, StatusCode::OK);
+    }
+    assert_eq!(held.started(), ["/first", "/a", "/late"]);
+    assert_eq!(handle.queued(), 0);
+    assert_eq!(handle.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn no_request_waits_longer_than_the_interval() {
     let held = Held::default();
     let (service, handle) = shed(

@@ -26,14 +26,16 @@
 
 #[cfg(tower_toolbox_loom)]
 use loom::sync::atomic::{
-    AtomicUsize,
+    AtomicU64, AtomicUsize,
     Ordering::{AcqRel, Acquire, Relaxed, Release},
 };
 #[cfg(not(tower_toolbox_loom))]
 use std::sync::atomic::{
-    AtomicUsize,
+    AtomicU64, AtomicUsize,
     Ordering::{AcqRel, Acquire, Relaxed, Release},
 };
+
+use crate::clock::Timestamp;
 
 /// The bit of [`Admission::state`] set while the line is not empty.
 const WAITING: usize = 1 << (usize::BITS - 1);
@@ -64,6 +66,12 @@ pub(crate) struct Admission {
     /// The line's length, for reading only: the flag in `state` is what the
     /// handshake relies on.
     waiting: AtomicUsize,
+    /// Which priority classes have waiters (bit `c` for class `c`), for
+    /// reading only.
+    classes: AtomicUsize,
+    /// When the line last went from empty to busy, in nanoseconds on the
+    /// gate's clock, for reading only.
+    busy_since: AtomicU64,
 }
 
 impl Admission {
@@ -72,6 +80,8 @@ impl Admission {
             state: AtomicUsize::new(0),
             limit: AtomicUsize::new(limit),
             waiting: AtomicUsize::new(0),
+            classes: AtomicUsize::new(0),
+            busy_since: AtomicU64::new(0),
         }
     }
 
@@ -166,6 +176,27 @@ impl Admission {
         self.state.store(0, Release);
         self.limit.store(limit, Release);
         self.waiting.store(0, Release);
+        self.classes.store(0, Release);
+        self.busy_since.store(0, Release);
+    }
+
+    /// Publishes which classes have waiters and when the line became busy.
+    /// Only under the gate's lock.
+    pub(crate) fn set_shape(&self, classes: usize, busy_since: Timestamp) {
+        self.classes.store(classes, Release);
+        self.busy_since.store(busy_since.as_nanos(), Release);
+    }
+
+    /// Whether, when last published, anyone of a class after `class` waited.
+    #[inline]
+    pub(crate) fn waiting_after(&self, class: usize) -> bool {
+        (self.classes.load(Acquire) >> (class + 1)) != 0
+    }
+
+    /// When the line last became busy, as last published.
+    #[inline]
+    pub(crate) fn busy_since(&self) -> Timestamp {
+        Timestamp::from_nanos(self.busy_since.load(Acquire))
     }
 
     /// Publishes the line's length. Only under the gate's lock, and before the

@@ -64,6 +64,10 @@ pub(crate) struct Gate<A, C> {
     partitioned: bool,
     /// Whether the gate has a waiting line at all (a capacity above zero).
     queues: bool,
+    /// The line's capacity and discipline, also kept in its state, read here
+    /// without the lock.
+    capacity: usize,
+    discipline: Discipline,
     state: Mutex<State<A>>,
     clock: C,
     adaptive: bool,
@@ -154,6 +158,8 @@ where
                 core,
                 partitioned: !config.shares.is_empty(),
                 queues: config.capacity > 0,
+                capacity: config.capacity,
+                discipline: config.discipline,
                 state: Mutex::new(state),
                 clock,
                 adaptive,
@@ -203,7 +209,37 @@ where
         if self.refuses_at_once() {
             return Acquire::Refused(Refusal::Full);
         }
+        if self.full_line_refuses(class) {
+            self.metrics.rejected.increment(1);
+            return Acquire::Refused(Refusal::QueueFull);
+        }
         self.acquire_locked(partition, class)
+    }
+
+    /// Whether a request of `class` finds the line full with nobody to shed or
+    /// evict for it, judged from the published line without the lock. `false`
+    /// leaves the decision to [`acquire_locked`](Self::acquire_locked), which
+    /// makes the same one under the lock: this only answers the common case
+    /// of a standing, full line sooner. A waiter leaving just now may be missed,
+    /// as if the request had come a moment earlier.
+    #[inline]
+    fn full_line_refuses(&self, class: usize) -> bool {
+        let admission = &self.core.admission;
+        if self.partitioned || admission.waiting() < self.capacity || admission.waiting_after(class)
+        {
+            return false;
+        }
+        match self.discipline {
+            Discipline::Fifo { .. } => true,
+            // Past the interval CoDel may shed stale waiters, making room.
+            Discipline::CoDel { interval, .. } => {
+                let busy = self
+                    .clock
+                    .now()
+                    .saturating_duration_since(admission.busy_since());
+                busy <= interval
+            }
+        }
     }
 
     /// After [`try_acquire_now`](Self::try_acquire_now) found no room: whether
@@ -292,6 +328,7 @@ where
             waker: None,
         });
         state.line.len += 1;
+        state.publish(admission);
         let queued = state.line.len;
         let patience = match state.line.discipline {
             Discipline::Fifo { timeout } => timeout,
@@ -354,6 +391,19 @@ where
 }
 
 impl<A> State<A> {
+    /// Publishes the line's length and shape for readers without the lock.
+    fn publish(&self, admission: &Admission) {
+        admission.set_waiting(self.line.len);
+        let classes = self
+            .line
+            .classes
+            .iter()
+            .enumerate()
+            .filter(|(_, line)| !line.is_empty())
+            .fold(0, |mask, (class, _)| mask | 1 << class);
+        admission.set_shape(classes, self.line.busy_since);
+    }
+
     /// Takes a slot for a request of `partition` if the limit, or the
     /// partition's share, has room.
     fn try_admit(&mut self, admission: &Admission, partition: usize) -> Option<usize> {
@@ -427,7 +477,7 @@ impl<A> State<A> {
                 shed += 1;
             }
         }
-        admission.set_waiting(self.line.len);
+        self.publish(admission);
         shed
     }
 
@@ -437,7 +487,7 @@ impl<A> State<A> {
         for lower in (class + 1..CLASSES).rev() {
             if let Some(waiter) = self.line.classes[lower].pop_back() {
                 self.line.len -= 1;
-                admission.set_waiting(self.line.len);
+                self.publish(admission);
                 self.decide(waiter, Decision::Shed, wake);
                 return true;
             }
@@ -471,7 +521,7 @@ impl<A> State<A> {
                 .remove(index)
                 .expect("index in range");
             self.line.len -= 1;
-            admission.set_waiting(self.line.len);
+            self.publish(admission);
             self.decide(waiter, Decision::Admitted { in_flight }, wake);
         }
         shed
@@ -505,7 +555,7 @@ impl<A> State<A> {
             if let Some(index) = line.iter().position(|w| w.id == id) {
                 line.remove(index);
                 self.line.len -= 1;
-                admission.set_waiting(self.line.len);
+                self.publish(admission);
                 return true;
             }
         }

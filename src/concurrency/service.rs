@@ -145,7 +145,7 @@ impl<S, A, K, C> ConcurrencyLimit<S, A, K, C> {
         C: Clock,
     {
         let gate = self.shared.gate.as_ref().expect("checked by the caller");
-        let acquired = gate.acquire_locked(0, NORMAL);
+        let acquired = gate.acquire_contended(0, NORMAL);
         self.admit(acquired, 0, request)
     }
 
