@@ -224,6 +224,10 @@ fn refuse(c: &mut Criterion) {
             black_box(response.status())
         })
     });
+    // Most of the row above is the bench building its gRPC request.
+    group.bench_function("the gRPC request alone, no layer", |b| {
+        b.iter(|| black_box(grpc()).method().clone())
+    });
 
     // Ours: the load shedder with its one slot taken and its line of one full;
     // the clock stands still, so the waiter is not stale and a newcomer is
@@ -245,6 +249,23 @@ fn refuse(c: &mut Criterion) {
         "tower_toolbox LoadShed CoDel shed 503 + queue newcomer",
         |b| b.iter(|| black_box(shed_one(&mut shed, &clock, &mut waiting))),
     );
+
+    // The floor under every refusal above: the bench's request and a copy of
+    // the same 503 problem+json response, built and dropped, with no layer.
+    let mut full = ConcurrencyLimitLayer::new(nz(1)).layer(inner());
+    let _holder = poll_once(full.call(Request::new(()))).unwrap();
+    let (parts, body) = poll_once(full.call(Request::new(()))).unwrap().into_parts();
+    let refusal = Response::from_parts(parts, Bytes::from_static(b"{}"));
+    assert_eq!(refusal.status(), 503);
+    group.bench_function("the same 503 response alone, no layer", |b| {
+        b.iter(|| {
+            let request = black_box(Request::new(()));
+            let response = black_box(&refusal).clone();
+            drop(request);
+            black_box(response.status())
+        })
+    });
+    drop(body);
 
     // tower: LoadShed over a ConcurrencyLimit whose one permit is taken; the
     // refusal is an `Overloaded` error, no response.

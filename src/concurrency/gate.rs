@@ -206,14 +206,26 @@ where
         partition: usize,
         class: usize,
     ) -> Acquire<C> {
+        match self.refusal_without_lock(class) {
+            Some(refusal) => Acquire::Refused(refusal),
+            None => self.acquire_locked(partition, class),
+        }
+    }
+
+    /// After [`try_acquire_now`](Self::try_acquire_now) found no room: the
+    /// refusal of a request of `class` that needs no lock to decide (no line,
+    /// or a full one with nobody to shed or evict), counted as a rejection.
+    /// `None` leaves the decision to [`acquire_locked`](Self::acquire_locked).
+    #[inline]
+    pub(crate) fn refusal_without_lock(&self, class: usize) -> Option<Refusal> {
         if self.refuses_at_once() {
-            return Acquire::Refused(Refusal::Full);
+            return Some(Refusal::Full);
         }
         if self.full_line_refuses(class) {
             self.metrics.rejected.increment(1);
-            return Acquire::Refused(Refusal::QueueFull);
+            return Some(Refusal::QueueFull);
         }
-        self.acquire_locked(partition, class)
+        None
     }
 
     /// Whether a request of `class` finds the line full with nobody to shed or

@@ -114,8 +114,10 @@ where
                         ResponseFuture::called(self.inner.call(request), Some(permit))
                     }
                     // Refused by reference: the request is not moved again.
-                    None if gate.refuses_at_once() => self.refuse_full(&request),
-                    None => self.call_contended(request),
+                    None => match gate.refusal_without_lock(NORMAL) {
+                        Some(refusal) => self.refuse(refusal, &request),
+                        None => self.call_contended(request),
+                    },
                 };
             }
         }
@@ -124,15 +126,15 @@ where
 }
 
 impl<S, A, K, C> ConcurrencyLimit<S, A, K, C> {
-    /// The refusal of a request to a full gate without a line.
+    /// The refusal of a request to a full gate.
     #[inline(never)]
-    fn refuse_full<B>(&self, request: &Request<B>) -> ResponseFuture<S, B, C>
+    fn refuse<B>(&self, refusal: Refusal, request: &Request<B>) -> ResponseFuture<S, B, C>
     where
         S: Service<Request<B>>,
         C: Clock,
     {
         let head = RequestHead::of(request);
-        ResponseFuture::ready(self.shared.refuse.answer(Refusal::Full, &head))
+        ResponseFuture::ready(self.shared.refuse.answer(refusal, &head))
     }
 
     /// A request to one gate without partitions that found no room at once,
@@ -145,7 +147,7 @@ impl<S, A, K, C> ConcurrencyLimit<S, A, K, C> {
         C: Clock,
     {
         let gate = self.shared.gate.as_ref().expect("checked by the caller");
-        let acquired = gate.acquire_contended(0, NORMAL);
+        let acquired = gate.acquire_locked(0, NORMAL);
         self.admit(acquired, 0, request)
     }
 

@@ -95,7 +95,14 @@ where
             .as_ref()
             .map_or(Priority::Normal, |classify| classify(&head));
 
-        match shared.gate.acquire(0, priority.class()) {
+        let gate = &shared.gate;
+        if let Some(permit) = gate.try_acquire_now(0) {
+            return ResponseFuture::called(self.inner.call(request), Some(permit));
+        }
+        if let Some(refusal) = gate.refusal_without_lock(priority.class()) {
+            return ResponseFuture::ready(shared.refuse.answer(refusal, &head));
+        }
+        match gate.acquire_locked(0, priority.class()) {
             Acquire::Admitted(permit) => {
                 ResponseFuture::called(self.inner.call(request), Some(permit))
             }
