@@ -1,10 +1,12 @@
 //! Admission: the count of requests in flight, the limit, and the waiting line.
 //!
 //! One `Gate` guards one limit (the whole service, or one key). The counts live
-//! in an `Admission`: while there is room and nobody waits, admitting and
-//! releasing touch only those atomics. Everything else (the waiting line,
-//! partition shares, the limit algorithm) sits behind one mutex, held for a few
-//! dozen instructions and never across an await. Gates with partitions take the
+//! in an `Admission`, in the gate's `Core`, which permits point at: while there
+//! is room and nobody waits, admitting and releasing touch only those atomics.
+//! Everything else (the waiting line, partition shares, the limit algorithm)
+//! sits behind one mutex, held for a few dozen instructions and never across an
+//! await; the line's length and shape are published beside the counts, so that
+//! a full line refuses newcomers without it. Gates with partitions take the
 //! lock for every admission and release, since shares are counted under it.
 
 use std::collections::VecDeque;
