@@ -14,14 +14,14 @@
 //! others already waiting joins them without taking a slot: every release since
 //! the flag was set hands its slot to the line.
 //!
-//! A permit releases with a compare-and-swap that succeeds only while the flag
-//! is clear, so a release that finds requests waiting gives nothing back on its
-//! own: it still holds its slot, and with it the gate's counts, when it goes to
-//! the gate to hand the slot on. The same word carries [`RETIRED`], set when the
-//! gate is dropped; whichever of the gate's drop and the last release comes
-//! second sees both the flag and an empty count, and it alone hands the counts
-//! back for reuse. The `loom` models at the end check all of it on every
-//! interleaving
+//! A release that finds the flag set then asks the gate to hand slots on; it no
+//! longer holds a slot by then, so the counts may already serve another gate,
+//! which is why handing on only ever grants what room there is, and asking a
+//! gate that has nobody waiting does nothing. The same word carries
+//! [`RETIRED`], set when the gate is dropped; whichever of the gate's drop and
+//! the last release comes second sees both the flag and an empty count, and it
+//! alone hands the counts back for reuse. The `loom` models at the end check
+//! all of it on every interleaving
 //! (`RUSTFLAGS="--cfg tower_toolbox_loom" cargo test --release --lib admission`).
 
 #[cfg(tower_toolbox_loom)]
@@ -53,8 +53,8 @@ pub(crate) enum Released {
     Done(usize),
     /// The slot was the last one of a retired gate: the counts may be reused.
     Last,
-    /// Requests wait: nothing was given back, and the slot must be handed on
-    /// under the gate's lock.
+    /// The slot was given back while requests wait: the gate must hand slots
+    /// on under its lock.
     Waiting,
 }
 
@@ -140,22 +140,17 @@ impl Admission {
         (self.state.fetch_sub(1, AcqRel) & WAITING) != 0
     }
 
-    /// A permit's release: gives its slot back unless requests wait.
+    /// A permit's release: gives its slot back, and says what else it takes.
     #[inline]
     pub(crate) fn release(&self) -> Released {
-        let mut current = self.state.load(Relaxed);
-        loop {
-            if (current & WAITING) != 0 {
-                return Released::Waiting;
-            }
-            match self
-                .state
-                .compare_exchange_weak(current, current - 1, AcqRel, Relaxed)
-            {
-                Ok(_) if current == RETIRED | 1 => return Released::Last,
-                Ok(_) => return Released::Done((current & IN_FLIGHT) - 1),
-                Err(actual) => current = actual,
-            }
+        let previous = self.state.fetch_sub(1, AcqRel);
+        if (previous & WAITING) != 0 {
+            Released::Waiting
+        } else if previous == RETIRED | 1 {
+            // Nobody waits once the gate is gone, so the flag is clear here.
+            Released::Last
+        } else {
+            Released::Done((previous & IN_FLIGHT) - 1)
         }
     }
 
@@ -269,14 +264,10 @@ mod tests {
         false
     }
 
-    /// The releaser's side, the way a permit does it: give the slot back
-    /// without a lock unless someone waits; if someone does, give it back and
-    /// hand a slot on under the lock.
+    /// The releaser's side, the way a permit does it: give the slot back and,
+    /// if someone waits, hand a slot on under the lock.
     fn release(admission: &Admission, line: &Mutex<Line>) {
-        if admission.release() != Released::Waiting {
-            return;
-        }
-        if admission.give_back() {
+        if admission.release() == Released::Waiting {
             let mut line = line.lock().unwrap();
             if line.queued > 0 && admission.try_take().is_some() {
                 line.queued -= 1;

@@ -621,6 +621,13 @@ where
         self.settle(state);
     }
 
+    fn hand_on(&self) {
+        self.settle(self.lock());
+        self.metrics
+            .in_flight
+            .set(self.core.admission.in_flight() as f64);
+    }
+
     fn permit(&self, partition: usize, in_flight: usize) -> Permit {
         Gate::permit(self, partition, in_flight)
     }

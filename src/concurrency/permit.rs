@@ -17,6 +17,8 @@ pub(super) trait Slots: Send + Sync {
     /// Gives back a slot of `partition` under the gate's lock, handing it on to
     /// a waiter if one may take it.
     fn release(&self, partition: usize);
+    /// Hands freed slots to waiters, after a release that found some.
+    fn hand_on(&self);
     fn record(&self, started: u32, in_flight: usize, outcome: Outcome);
     /// The permit of a waiter admitted with `in_flight` in flight.
     fn permit(&self, partition: usize, in_flight: usize) -> Permit;
@@ -110,22 +112,18 @@ impl Core {
     }
 }
 
-/// How a permit is released and whether its outcome is still to be recorded.
+/// How a permit is released.
 ///
-/// A one-byte enum rather than flags, so that enums around a permit (an
+/// A one-byte enum rather than a flag, so that enums around a permit (an
 /// `Option`, the response body) find their tag in its unused values and stay
 /// the permit's size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
-enum Mode {
-    /// A fixed limit: nothing to record.
-    Plain,
-    /// An adaptive limit whose sample is still to be taken.
-    Sampled,
-    /// A partitioned gate (shares are counted under its lock), nothing to record.
+enum Release {
+    /// Lock-free, through the counts.
+    Counts,
+    /// Under the gate's lock, which counts partition shares.
     Partitioned,
-    /// Both.
-    SampledPartitioned,
 }
 
 /// The right to have one request in flight; released when dropped.
@@ -139,9 +137,11 @@ enum Mode {
 pub(crate) struct Permit {
     core: &'static Core,
     started: u32,
+    /// Requests in flight at admission for the sample; zero once recorded, or
+    /// when there is nothing to record (a fixed limit).
     in_flight: u16,
     partition: u8,
-    mode: Mode,
+    release: Release,
 }
 
 /// Wrapping microseconds of `at`, as a permit keeps them.
@@ -166,18 +166,16 @@ impl Permit {
             ),
             None => (0, 0),
         };
-        let mode = match (partition.is_some(), sampled.is_some()) {
-            (false, false) => Mode::Plain,
-            (false, true) => Mode::Sampled,
-            (true, false) => Mode::Partitioned,
-            (true, true) => Mode::SampledPartitioned,
+        let release = match partition {
+            Some(_) => Release::Partitioned,
+            None => Release::Counts,
         };
         Permit {
             core,
             started,
             in_flight,
             partition: partition.map_or(0, |p| u8::try_from(p).unwrap_or(u8::MAX)),
-            mode,
+            release,
         }
     }
 
@@ -185,24 +183,31 @@ impl Permit {
     /// nothing).
     #[inline]
     pub(crate) fn record(&mut self, outcome: Outcome) {
-        let next = match self.mode {
-            Mode::Sampled => Mode::Plain,
-            Mode::SampledPartitioned => Mode::Partitioned,
-            Mode::Plain | Mode::Partitioned => return,
-        };
-        self.mode = next;
-        self.record_slow(outcome);
-    }
-
-    #[inline(never)]
-    fn record_slow(&self, outcome: Outcome) {
-        if let Some(gate) = self.core.gate() {
-            gate.record(self.started, usize::from(self.in_flight), outcome);
+        if self.in_flight != 0 {
+            let in_flight = std::mem::take(&mut self.in_flight);
+            self.record_slow(in_flight, outcome);
         }
     }
 
-    /// A release that must go through the gate: requests wait, or the gate
-    /// counts partition shares.
+    #[inline(never)]
+    fn record_slow(&self, in_flight: u16, outcome: Outcome) {
+        if let Some(gate) = self.core.gate() {
+            gate.record(self.started, usize::from(in_flight), outcome);
+        }
+    }
+
+    /// After a release that found requests waiting. The slot is given back
+    /// already, so the core may serve another gate by now: this one is asked to
+    /// hand slots on, which grants only what room it has.
+    #[cold]
+    #[inline(never)]
+    fn hand_on(&self) {
+        if let Some(gate) = self.core.gate() {
+            gate.hand_on();
+        }
+    }
+
+    /// The release of a partitioned gate's permit, under the gate's lock.
     #[cold]
     #[inline(never)]
     fn release_slow(&self) {
@@ -221,13 +226,13 @@ impl Permit {
 impl Drop for Permit {
     #[inline]
     fn drop(&mut self) {
-        if matches!(self.mode, Mode::Partitioned | Mode::SampledPartitioned) {
+        if self.release == Release::Partitioned {
             return self.release_slow();
         }
         match self.core.admission.release() {
             Released::Done(in_flight) => self.core.report_in_flight(in_flight),
             Released::Last => self.core.recycle(),
-            Released::Waiting => self.release_slow(),
+            Released::Waiting => self.hand_on(),
         }
     }
 }
@@ -237,7 +242,7 @@ impl std::fmt::Debug for Permit {
         f.debug_struct("Permit")
             .field("partition", &self.partition)
             .field("in_flight", &self.in_flight)
-            .field("mode", &self.mode)
+            .field("release", &self.release)
             .finish()
     }
 }
