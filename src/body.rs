@@ -55,6 +55,7 @@ impl<B> ResponseBody<B> {
 
     /// A complete body of `data`, which lives as long as the program: each
     /// response clones the handle, no allocation.
+    #[cfg_attr(not(feature = "concurrency"), allow(dead_code))]
     pub(crate) fn from_static(data: &'static Bytes) -> Self {
         let data = (!data.is_empty()).then_some(data);
         ResponseBody {
