@@ -2,8 +2,11 @@
 //!
 //! A layer either passes the inner service's response through or answers itself
 //! (a rejection, a cached response). [`ResponseBody`] is that choice as a body type:
-//! generic over the inner body, with no boxing, so a passed-through response costs
-//! one enum tag. Its error type is the inner body's, so stacks keep their error types.
+//! generic over the inner body, which it never boxes, so a passed-through response
+//! costs one enum tag, often none. The layer's own bytes are the ones boxed: one
+//! small allocation on the rarer path keeps every passed-through response as small
+//! as its inner body. Its error type is the inner body's, so stacks keep their
+//! error types.
 
 use std::future::Future;
 use std::pin::Pin;
