@@ -256,6 +256,111 @@ async fn in_flight_never_exceeds_the_limit_with_64_tasks_refused_at_once() {
     assert_eq!(handle.in_flight(), 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_key_limits_hold_while_idle_gates_are_swept_and_their_counts_reused() {
+    const TASKS: usize = 16;
+    const EACH: usize = 400;
+    const KEYS: u64 = 3_000;
+    const LIMIT: usize = 2;
+    // The most calls of one key the service saw running at once.
+    let running = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
+        String,
+        usize,
+    >::new()));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let service = {
+        let (running, peak) = (running.clone(), peak.clone());
+        ConcurrencyLimitLayer::new(nz(LIMIT))
+            .per_key(HeaderKey::new(HeaderName::from_static("x-tenant")))
+            .layer(tower::service_fn(move |request: Request<Full<Bytes>>| {
+                let key = request.headers()["x-tenant"].to_str().unwrap().to_owned();
+                let (running, peak) = (running.clone(), peak.clone());
+                async move {
+                    let now = {
+                        let mut running = running.lock().unwrap();
+                        let count = running.entry(key.clone()).or_default();
+                        *count += 1;
+                        *count
+                    };
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                    *running.lock().unwrap().get_mut(&key).unwrap() -= 1;
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+                }
+            }))
+    };
+    let tenant = |key: u64| {
+        Request::get("/")
+            .header("x-tenant", format!("k{key}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+
+    // Sixteen tasks over 3,000 keys, a few hot ones among them: gates are
+    // created, swept once idle (past 1,024 keys) and their counts reused,
+    // while other requests of the same keys are in flight on other threads.
+    let tasks: Vec<_> = (0..TASKS as u64)
+        .map(|task| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut refused) = (0, 0);
+                let mut seed = task.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                for _ in 0..EACH {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let key = if seed % 4 == 0 { seed % 4 } else { seed % KEYS };
+                    let response = service.clone().oneshot(tenant(key)).await.unwrap();
+                    match response.status() {
+                        StatusCode::OK => ok += 1,
+                        StatusCode::SERVICE_UNAVAILABLE => refused += 1,
+                        other => panic!("unexpected {other}"),
+                    }
+                    // The body, and with it the permit, ends here.
+                    drop(response);
+                }
+                (ok, refused)
+            })
+        })
+        .collect();
+    let (mut ok, mut refused) = (0, 0);
+    for task in tasks {
+        let (o, r) = task.await.unwrap();
+        ok += o;
+        refused += r;
+    }
+    assert_eq!(ok + refused, TASKS * EACH);
+    assert!(
+        peak.load(Ordering::SeqCst) <= LIMIT,
+        "a key ran past its limit"
+    );
+    assert!(
+        ok > TASKS * EACH / 2,
+        "only {ok} of {} admitted",
+        TASKS * EACH
+    );
+
+    // Nothing is left counted: every key admits up to its limit again.
+    for key in [0, 1, 2, 3, 17, KEYS - 1] {
+        let held: Vec<_> = (0..LIMIT)
+            .map(|_| service.clone().call(tenant(key)))
+            .collect();
+        let mut responses = Vec::new();
+        for call in held {
+            responses.push(call.await.unwrap());
+        }
+        for response in &responses {
+            assert_eq!(response.status(), StatusCode::OK, "key k{key}");
+        }
+        let refused = service.clone().oneshot(tenant(key)).await.unwrap();
+        assert_eq!(
+            refused.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "key k{key}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn dropping_a_called_future_releases_its_permit() {
     let held = Held::new();
