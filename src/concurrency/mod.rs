@@ -123,6 +123,7 @@ mod gradient;
 mod gradient2;
 mod keyed;
 mod layer;
+mod line;
 mod metrics;
 mod permit;
 mod service;
