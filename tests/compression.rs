@@ -1,13 +1,12 @@
-//! Response compression: negotiation, what is and is not compressed, headers,
-//! levels, trailers and errors, at the service level.
+//! Response compression: negotiation, what is and is not compressed, headers and
+//! levels, at the service level. Streamed bodies are in `compression_stream.rs`.
 
 #![cfg(feature = "compression-full")]
 
 #[path = "compression/support.rs"]
-mod codecs;
+mod support;
 
 use std::convert::Infallible;
-use std::task::Poll;
 
 use bytes::Bytes;
 use http::header::{
@@ -15,80 +14,12 @@ use http::header::{
     ETAG, VARY,
 };
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body::Frame;
 use http_body_util::{BodyExt, Full};
+use support::{accepting, body_bytes, get, json_body, json_response, through};
 use tower::{Layer, ServiceExt, service_fn};
 use tower_toolbox::compression::{
-    Coding, CompressionBody, CompressionLayer, Level, Negotiated, Preference, negotiate,
-    predicate_fn,
+    Coding, CompressionLayer, Level, Negotiated, Preference, negotiate, predicate_fn,
 };
-
-/// A JSON list of about `bytes` bytes, varied like real data.
-fn json_body(bytes: usize) -> String {
-    const WORDS: [&str; 8] = [
-        "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
-    ];
-    let mut body = String::from("[");
-    let mut i: u64 = 0;
-    while body.len() < bytes {
-        let mix = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
-        body.push_str(&format!(
-            r#"{{"id":{i},"name":"{} {}","price":{}.{:02},"stock":{}}},"#,
-            WORDS[(mix % 8) as usize],
-            WORDS[((mix >> 3) % 8) as usize],
-            mix % 1000,
-            mix % 100,
-            mix % 37
-        ));
-        i += 1;
-    }
-    body.push_str("{}]");
-    body
-}
-
-fn accepting(value: &'static str) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(ACCEPT_ENCODING, HeaderValue::from_static(value));
-    headers
-}
-
-/// Sends a GET with `accept` through `layer` to a service answering `response`.
-async fn through(
-    layer: CompressionLayer,
-    request: Request<()>,
-    response: Response<Full<Bytes>>,
-) -> Response<CompressionBody<Full<Bytes>>> {
-    let response = std::sync::Mutex::new(Some(response));
-    let service = layer.layer(service_fn(move |_request: Request<()>| {
-        let response = response.lock().unwrap().take().unwrap();
-        async move { Ok::<_, Infallible>(response) }
-    }));
-    service.oneshot(request).await.unwrap()
-}
-
-fn get(accept: &'static str) -> Request<()> {
-    Request::get("/")
-        .header(ACCEPT_ENCODING, accept)
-        .body(())
-        .unwrap()
-}
-
-fn json_response(body: &str) -> Response<Full<Bytes>> {
-    Response::builder()
-        .header(CONTENT_TYPE, "application/json")
-        .header(CONTENT_LENGTH, body.len())
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap()
-}
-
-async fn body_bytes<B>(response: Response<B>) -> (http::response::Parts, Bytes)
-where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: std::fmt::Debug,
-{
-    let (parts, body) = response.into_parts();
-    (parts, body.collect().await.unwrap().to_bytes())
-}
 
 #[test]
 fn negotiation_follows_rfc_9110_weights_and_server_preference() {
@@ -206,7 +137,7 @@ async fn each_coding_round_trips_a_json_body_with_compressed_headers() {
             compressed.len()
         );
         assert_eq!(
-            codecs::decode(coding, &compressed),
+            support::decode(coding, &compressed),
             body.as_bytes(),
             "{coding}"
         );
@@ -230,7 +161,7 @@ async fn a_1_mb_document_compresses_to_the_raw_encoders_size_at_each_default_lev
         let (parts, compressed) = body_bytes(response).await;
         assert_eq!(parts.headers[CONTENT_ENCODING], coding.as_str());
         assert_eq!(
-            codecs::decode(coding, &compressed),
+            support::decode(coding, &compressed),
             body.as_bytes(),
             "{coding}"
         );
@@ -238,7 +169,7 @@ async fn a_1_mb_document_compresses_to_the_raw_encoders_size_at_each_default_lev
         // streaming API, like a response of unknown length, does not.
         let raw = match coding {
             Coding::Zstd => zstd::stream::encode_all(body.as_bytes(), 3).unwrap(),
-            _ => codecs::encode(coding, body.as_bytes()),
+            _ => support::encode(coding, body.as_bytes()),
         };
         assert_eq!(compressed.len(), raw.len(), "{coding}");
     }
@@ -275,7 +206,7 @@ async fn tower_http_at_the_same_precise_level_gives_the_same_size() {
             .unwrap();
         assert_eq!(peer.headers()[CONTENT_ENCODING], coding.as_str());
         let peer = peer.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(codecs::decode(coding, &peer), body.as_bytes(), "{coding}");
+        assert_eq!(support::decode(coding, &peer), body.as_bytes(), "{coding}");
         let within = |a: usize, b: usize| a.abs_diff(b) * 200 <= b;
         assert!(
             within(peer.len(), ours.len()),
@@ -343,7 +274,7 @@ async fn bodies_below_the_minimum_size_are_left_alone_without_vary() {
     let response = through(CompressionLayer::new(), get("gzip"), response).await;
     let (parts, bytes) = body_bytes(response).await;
     assert_eq!(parts.headers[CONTENT_ENCODING], "gzip");
-    assert_eq!(codecs::decode(Coding::Gzip, &bytes), exact.as_bytes());
+    assert_eq!(support::decode(Coding::Gzip, &bytes), exact.as_bytes());
 }
 
 #[tokio::test]
@@ -439,7 +370,7 @@ async fn bodiless_statuses_head_and_ranges_are_untouched() {
 
 #[tokio::test]
 async fn already_encoded_responses_are_not_encoded_again() {
-    let body = codecs::encode(Coding::Gzip, json_body(4_000).as_bytes());
+    let body = support::encode(Coding::Gzip, json_body(4_000).as_bytes());
     let response = Response::builder()
         .header(CONTENT_TYPE, "application/json")
         .header(CONTENT_ENCODING, "gzip")
@@ -522,7 +453,7 @@ async fn levels_are_set_per_coding_and_per_response() {
             }
             let response = through(layer, get("br"), response).await;
             let (_, bytes) = body_bytes(response).await;
-            assert_eq!(codecs::decode(Coding::Brotli, &bytes), body.as_bytes());
+            assert_eq!(support::decode(Coding::Brotli, &bytes), body.as_bytes());
             bytes.len()
         }
     };
@@ -543,183 +474,8 @@ async fn levels_are_set_per_coding_and_per_response() {
     // The layer's level is exactly what a raw encoder at that level gives.
     assert_eq!(
         default,
-        codecs::encode_at(Coding::Brotli, body.as_bytes(), 4).len()
+        support::encode_at(Coding::Brotli, body.as_bytes(), 4).len()
     );
-}
-
-#[tokio::test]
-async fn trailers_follow_the_compressed_data() {
-    let mut trailers = HeaderMap::new();
-    trailers.insert("x-checksum", HeaderValue::from_static("abc123"));
-    let sent = trailers.clone();
-    let frames = move || -> Vec<Result<Frame<Bytes>, Infallible>> {
-        vec![
-            Ok(Frame::data(Bytes::from(json_body(3_000)))),
-            Ok(Frame::data(Bytes::from(json_body(3_000)))),
-            Ok(Frame::trailers(sent.clone())),
-        ]
-    };
-    let service = CompressionLayer::new().layer(service_fn(move |_: Request<()>| {
-        let body = codecs::Frames::new(frames());
-        let response = Response::builder()
-            .header(CONTENT_TYPE, "text/plain")
-            .body(body)
-            .unwrap();
-        async move { Ok::<_, Infallible>(response) }
-    }));
-    let response = service.oneshot(get("zstd")).await.unwrap();
-    assert_eq!(response.headers()[CONTENT_ENCODING], "zstd");
-    let collected = response.into_body().collect().await.unwrap();
-    assert_eq!(collected.trailers(), Some(&trailers));
-    let bytes = collected.to_bytes();
-    let expected = format!("{}{}", json_body(3_000), json_body(3_000));
-    assert_eq!(codecs::decode(Coding::Zstd, &bytes), expected.as_bytes());
-}
-
-#[tokio::test]
-async fn small_streamed_bodies_are_sent_as_they_are() {
-    let frames = move || -> Vec<Result<Frame<Bytes>, Infallible>> {
-        vec![
-            Ok(Frame::data(Bytes::from_static(b"{\"a\":"))),
-            Ok(Frame::data(Bytes::from_static(b"1}"))),
-        ]
-    };
-    let service = CompressionLayer::new().layer(service_fn(move |_: Request<()>| {
-        let body = codecs::Frames::new(frames());
-        let response = Response::builder()
-            .header(CONTENT_TYPE, "application/json")
-            .body(body)
-            .unwrap();
-        async move { Ok::<_, Infallible>(response) }
-    }));
-    let response = service.oneshot(get("gzip")).await.unwrap();
-    assert!(response.headers().get(CONTENT_ENCODING).is_none());
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(bytes, "{\"a\":1}");
-}
-
-#[tokio::test]
-async fn an_inner_body_error_reaches_the_client_as_the_inner_error() {
-    #[derive(Debug, Clone, PartialEq)]
-    struct Broken;
-    impl std::fmt::Display for Broken {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("broken")
-        }
-    }
-    impl std::error::Error for Broken {}
-
-    let frames = move || -> Vec<Result<Frame<Bytes>, Broken>> {
-        vec![Ok(Frame::data(Bytes::from(json_body(1_000)))), Err(Broken)]
-    };
-    let service = CompressionLayer::new().layer(service_fn(move |_: Request<()>| {
-        let body = codecs::Frames::new(frames());
-        let response = Response::builder()
-            .header(CONTENT_TYPE, "application/json")
-            .body(body)
-            .unwrap();
-        async move { Ok::<_, Infallible>(response) }
-    }));
-    let response = service.oneshot(get("gzip")).await.unwrap();
-    let error = response.into_body().collect().await.unwrap_err();
-    assert!(matches!(
-        error,
-        tower_toolbox::compression::BodyError::Inner(Broken)
-    ));
-}
-
-#[tokio::test]
-async fn frames_ready_together_are_compressed_together_not_flushed_one_by_one() {
-    let chunk = json_body(100);
-    let expected = chunk.repeat(200);
-    let service = CompressionLayer::new().layer(service_fn(move |_: Request<()>| {
-        let frames = (0..200)
-            .map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(chunk.clone()))))
-            .collect();
-        let response = Response::builder()
-            .header(CONTENT_TYPE, "application/x-ndjson")
-            .body(codecs::Frames::new(frames))
-            .unwrap();
-        async move { Ok::<_, Infallible>(response) }
-    }));
-    let response = service.oneshot(get("gzip")).await.unwrap();
-    let mut body = response.into_body();
-    let mut frames = 0;
-    let mut compressed = Vec::new();
-    while let Some(frame) = body.frame().await {
-        compressed.extend_from_slice(&frame.unwrap().into_data().unwrap());
-        frames += 1;
-    }
-    // Nothing was pending, so nothing was flushed early: one frame of output.
-    assert_eq!(frames, 1);
-    assert_eq!(
-        codecs::decode(Coding::Gzip, &compressed),
-        expected.as_bytes()
-    );
-}
-
-#[tokio::test]
-async fn a_stream_with_nothing_ready_gets_its_head_at_once_compressed() {
-    let (events, body) = codecs::ChannelBody::new();
-    let body = std::sync::Mutex::new(Some(body));
-    let service = CompressionLayer::new().layer(service_fn(move |_: Request<()>| {
-        let body = body.lock().unwrap().take().unwrap();
-        let response = Response::builder()
-            .header(CONTENT_TYPE, "text/event-stream")
-            .body(body)
-            .unwrap();
-        async move { Ok::<_, Infallible>(response) }
-    }));
-    // The head does not wait for the first event.
-    let response = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        service.oneshot(get("br")),
-    )
-    .await
-    .expect("the head is not held back")
-    .unwrap();
-    assert_eq!(response.headers()[CONTENT_ENCODING], "br");
-
-    // Each event is out, decodable, on the first poll after it is produced: the
-    // encoder is flushed as soon as the stream has nothing more ready.
-    let mut body = Box::pin(response.into_body());
-    let mut decoder = codecs::StreamDecoder::new(Coding::Brotli);
-    assert_eq!(poll_once(&mut body), Poll::Pending);
-    events
-        .send(Frame::data(Bytes::from_static(b"data: first\n\n")))
-        .unwrap();
-    let Poll::Ready(Some(chunk)) = poll_once(&mut body) else {
-        panic!("the first event is held back");
-    };
-    assert_eq!(decoder.push(&chunk), b"data: first\n\n");
-    assert_eq!(poll_once(&mut body), Poll::Pending);
-    events
-        .send(Frame::data(Bytes::from_static(b"data: second\n\n")))
-        .unwrap();
-    let Poll::Ready(Some(chunk)) = poll_once(&mut body) else {
-        panic!("the second event is held back");
-    };
-    assert_eq!(decoder.push(&chunk), b"data: first\n\ndata: second\n\n");
-    drop(events);
-    let mut rest = Vec::new();
-    while let Poll::Ready(Some(chunk)) = poll_once(&mut body) {
-        rest.extend_from_slice(&chunk);
-    }
-    assert_eq!(poll_once(&mut body), Poll::Ready(None));
-    assert_eq!(decoder.push(&rest), b"data: first\n\ndata: second\n\n");
-}
-
-/// Polls `body` once with a waker that does nothing: its next data frame if one
-/// is ready now.
-fn poll_once<B>(body: &mut std::pin::Pin<Box<B>>) -> Poll<Option<Bytes>>
-where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: std::fmt::Debug,
-{
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    body.as_mut()
-        .poll_frame(&mut cx)
-        .map(|frame| frame.map(|frame| frame.unwrap().into_data().unwrap()))
 }
 
 #[tokio::test]
@@ -747,5 +503,5 @@ async fn an_identity_content_encoding_is_replaced_by_the_coding() {
         .collect();
     assert_eq!(values, ["deflate"]);
     let (_, bytes) = body_bytes(response).await;
-    assert_eq!(codecs::decode(Coding::Deflate, &bytes), body.as_bytes());
+    assert_eq!(support::decode(Coding::Deflate, &bytes), body.as_bytes());
 }

@@ -1,5 +1,6 @@
 //! Helpers shared by the compression tests: reference encoders and decoders from
-//! the codec crates themselves, and bodies that produce frames on cue.
+//! the codec crates themselves, bodies that produce frames on cue, and requests,
+//! responses and a one-shot service for the layer.
 
 #![allow(dead_code)]
 
@@ -7,10 +8,16 @@ use std::io::{Read, Write};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::convert::Infallible;
+
 use bytes::Bytes;
+use http::header::{ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full};
 use tokio::sync::mpsc;
-use tower_toolbox::compression::Coding;
+use tower::{Layer, ServiceExt, service_fn};
+use tower_toolbox::compression::{Coding, CompressionBody, CompressionLayer};
 
 /// Decodes `data` with the reference decoder of `coding`.
 pub fn decode(coding: Coding, data: &[u8]) -> Vec<u8> {
@@ -339,4 +346,71 @@ pub fn frames_to_exceed(
         }
     }
     None
+}
+
+/// A JSON list of about `bytes` bytes, varied like real data.
+pub fn json_body(bytes: usize) -> String {
+    const WORDS: [&str; 8] = [
+        "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
+    ];
+    let mut body = String::from("[");
+    let mut i: u64 = 0;
+    while body.len() < bytes {
+        let mix = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+        body.push_str(&format!(
+            r#"{{"id":{i},"name":"{} {}","price":{}.{:02},"stock":{}}},"#,
+            WORDS[(mix % 8) as usize],
+            WORDS[((mix >> 3) % 8) as usize],
+            mix % 1000,
+            mix % 100,
+            mix % 37
+        ));
+        i += 1;
+    }
+    body.push_str("{}]");
+    body
+}
+
+pub fn accepting(value: &'static str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(ACCEPT_ENCODING, HeaderValue::from_static(value));
+    headers
+}
+
+/// Sends a GET with `accept` through `layer` to a service answering `response`.
+pub async fn through(
+    layer: CompressionLayer,
+    request: Request<()>,
+    response: Response<Full<Bytes>>,
+) -> Response<CompressionBody<Full<Bytes>>> {
+    let response = std::sync::Mutex::new(Some(response));
+    let service = layer.layer(service_fn(move |_request: Request<()>| {
+        let response = response.lock().unwrap().take().unwrap();
+        async move { Ok::<_, Infallible>(response) }
+    }));
+    service.oneshot(request).await.unwrap()
+}
+
+pub fn get(accept: &'static str) -> Request<()> {
+    Request::get("/")
+        .header(ACCEPT_ENCODING, accept)
+        .body(())
+        .unwrap()
+}
+
+pub fn json_response(body: &str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .header(CONTENT_TYPE, "application/json")
+        .header(CONTENT_LENGTH, body.len())
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap()
+}
+
+pub async fn body_bytes<B>(response: Response<B>) -> (http::response::Parts, Bytes)
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    let (parts, body) = response.into_parts();
+    (parts, body.collect().await.unwrap().to_bytes())
 }
