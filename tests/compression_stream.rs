@@ -15,31 +15,39 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use tower::{Layer, ServiceExt, service_fn};
-use tower_toolbox::compression::{Coding, CompressionLayer};
+use tower_toolbox::compression::{Coding, CompressionBody, CompressionLayer};
 
 use support::{get, json_body};
+
+/// Sends a GET accepting `accept` through the default layer to a service that
+/// streams `frames` as `content_type`.
+async fn streamed<E: Send + 'static>(
+    accept: &'static str,
+    content_type: &'static str,
+    frames: Vec<Result<Frame<Bytes>, E>>,
+) -> Response<CompressionBody<support::Frames<E>>> {
+    let frames = std::sync::Mutex::new(Some(frames));
+    let service = CompressionLayer::new().layer(service_fn(move |_: Request<()>| {
+        let body = support::Frames::new(frames.lock().unwrap().take().expect("one request"));
+        let response = Response::builder()
+            .header(CONTENT_TYPE, content_type)
+            .body(body)
+            .unwrap();
+        async move { Ok::<_, Infallible>(response) }
+    }));
+    service.oneshot(get(accept)).await.unwrap()
+}
 
 #[tokio::test]
 async fn trailers_follow_the_compressed_data() {
     let mut trailers = HeaderMap::new();
     trailers.insert("x-checksum", HeaderValue::from_static("abc123"));
-    let sent = trailers.clone();
-    let frames = move || -> Vec<Result<Frame<Bytes>, Infallible>> {
-        vec![
-            Ok(Frame::data(Bytes::from(json_body(3_000)))),
-            Ok(Frame::data(Bytes::from(json_body(3_000)))),
-            Ok(Frame::trailers(sent.clone())),
-        ]
-    };
-    let service = CompressionLayer::new().layer(service_fn(move |_: Request<()>| {
-        let body = support::Frames::new(frames());
-        let response = Response::builder()
-            .header(CONTENT_TYPE, "text/plain")
-            .body(body)
-            .unwrap();
-        async move { Ok::<_, Infallible>(response) }
-    }));
-    let response = service.oneshot(get("zstd")).await.unwrap();
+    let frames: Vec<Result<_, Infallible>> = vec![
+        Ok(Frame::data(Bytes::from(json_body(3_000)))),
+        Ok(Frame::data(Bytes::from(json_body(3_000)))),
+        Ok(Frame::trailers(trailers.clone())),
+    ];
+    let response = streamed("zstd", "text/plain", frames).await;
     assert_eq!(response.headers()[CONTENT_ENCODING], "zstd");
     let collected = response.into_body().collect().await.unwrap();
     assert_eq!(collected.trailers(), Some(&trailers));
@@ -50,21 +58,11 @@ async fn trailers_follow_the_compressed_data() {
 
 #[tokio::test]
 async fn small_streamed_bodies_are_sent_as_they_are() {
-    let frames = move || -> Vec<Result<Frame<Bytes>, Infallible>> {
-        vec![
-            Ok(Frame::data(Bytes::from_static(b"{\"a\":"))),
-            Ok(Frame::data(Bytes::from_static(b"1}"))),
-        ]
-    };
-    let service = CompressionLayer::new().layer(service_fn(move |_: Request<()>| {
-        let body = support::Frames::new(frames());
-        let response = Response::builder()
-            .header(CONTENT_TYPE, "application/json")
-            .body(body)
-            .unwrap();
-        async move { Ok::<_, Infallible>(response) }
-    }));
-    let response = service.oneshot(get("gzip")).await.unwrap();
+    let frames: Vec<Result<_, Infallible>> = vec![
+        Ok(Frame::data(Bytes::from_static(b"{\"a\":"))),
+        Ok(Frame::data(Bytes::from_static(b"1}"))),
+    ];
+    let response = streamed("gzip", "application/json", frames).await;
     assert!(response.headers().get(CONTENT_ENCODING).is_none());
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(bytes, "{\"a\":1}");
@@ -81,18 +79,8 @@ async fn an_inner_body_error_reaches_the_client_as_the_inner_error() {
     }
     impl std::error::Error for Broken {}
 
-    let frames = move || -> Vec<Result<Frame<Bytes>, Broken>> {
-        vec![Ok(Frame::data(Bytes::from(json_body(1_000)))), Err(Broken)]
-    };
-    let service = CompressionLayer::new().layer(service_fn(move |_: Request<()>| {
-        let body = support::Frames::new(frames());
-        let response = Response::builder()
-            .header(CONTENT_TYPE, "application/json")
-            .body(body)
-            .unwrap();
-        async move { Ok::<_, Infallible>(response) }
-    }));
-    let response = service.oneshot(get("gzip")).await.unwrap();
+    let frames = vec![Ok(Frame::data(Bytes::from(json_body(1_000)))), Err(Broken)];
+    let response = streamed("gzip", "application/json", frames).await;
     let error = response.into_body().collect().await.unwrap_err();
     assert!(matches!(
         error,
@@ -104,17 +92,10 @@ async fn an_inner_body_error_reaches_the_client_as_the_inner_error() {
 async fn frames_ready_together_are_compressed_together_not_flushed_one_by_one() {
     let chunk = json_body(100);
     let expected = chunk.repeat(200);
-    let service = CompressionLayer::new().layer(service_fn(move |_: Request<()>| {
-        let frames = (0..200)
-            .map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(chunk.clone()))))
-            .collect();
-        let response = Response::builder()
-            .header(CONTENT_TYPE, "application/x-ndjson")
-            .body(support::Frames::new(frames))
-            .unwrap();
-        async move { Ok::<_, Infallible>(response) }
-    }));
-    let response = service.oneshot(get("gzip")).await.unwrap();
+    let frames = (0..200)
+        .map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(chunk.clone()))))
+        .collect();
+    let response = streamed("gzip", "application/x-ndjson", frames).await;
     let mut body = response.into_body();
     let mut frames = 0;
     let mut compressed = Vec::new();
