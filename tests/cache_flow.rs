@@ -16,6 +16,10 @@ use tower::ServiceExt;
 use tower_toolbox::cache::CacheLayer;
 use tower_toolbox::clock::ManualClock;
 
+#[path = "support/channel_body.rs"]
+mod channel_body;
+use channel_body::ChannelBody;
+
 type Body = BoxBody<Bytes, Infallible>;
 
 fn full(data: &'static [u8]) -> Body {
@@ -152,23 +156,6 @@ async fn a_miss_streams_to_the_client_as_it_arrives_and_is_stored_at_its_end() {
     let hit = service.clone().oneshot(get("/s")).await.unwrap();
     assert_eq!(hit.headers()["age"], "0");
     assert_eq!(body_of(hit).await, "first second");
-}
-
-/// A body fed by a channel: each message is one data frame.
-struct ChannelBody(mpsc::Receiver<Bytes>);
-
-impl http_body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|data| Ok(http_body::Frame::data(data))))
-    }
 }
 
 #[tokio::test]

@@ -13,6 +13,10 @@ use http_body_util::Full;
 use tokio::sync::Semaphore;
 use tower::Service;
 
+#[path = "channel_body.rs"]
+mod channel_body;
+pub use channel_body::ChannelBody;
+
 pub fn nz(n: usize) -> NonZeroUsize {
     NonZeroUsize::new(n).unwrap()
 }
@@ -69,23 +73,6 @@ impl Held {
 pub async fn settle() {
     for _ in 0..10 {
         tokio::task::yield_now().await;
-    }
-}
-
-/// A response body fed by the test through a channel.
-pub struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
-
-impl http_body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|data| data.map(|data| Ok(http_body::Frame::data(data))))
     }
 }
 
